@@ -1,0 +1,70 @@
+# The book's two commands:
+#   make test   set up .venv/ and run the unit tests plus every chapter under nbval (smoke profile)
+#   make book   set up .venv/, execute every chapter in place, and build the HTML site
+# BOOK_PROFILE (smoke|cpu|gpu|auto) and BOOK_DATASET choose sizes and data; see README.md.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CHAPTERS := $(sort $(wildcard chapters/[0-9][0-9]_*.ipynb))
+BOOK_PROFILE ?= auto
+# Executing one chapter may take this long before it is stopped (seconds).
+CHAPTER_TIMEOUT ?= 3600
+
+.PHONY: venv system-deps test unit notebooks book execute site sync clean
+
+# The virtual environment is rebuilt when the pins change.
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Programs from Debian that the tests and the site need (npm fetches the offline MathJax).
+system-deps:
+	@missing=""; command -v npm >/dev/null || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing from Debian:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "error: please install:$$missing (not root, so this Makefile cannot)"; exit 1; \
+	  fi; \
+	fi
+
+test: $(STAMP) system-deps
+	BOOK_PROFILE=smoke $(PY) -m pytest tests chapters --nbval-lax -p no:cacheprovider
+
+# Unit tests only (fast), and the notebooks only.
+unit: $(STAMP)
+	BOOK_PROFILE=smoke $(PY) -m pytest tests
+notebooks: $(STAMP)
+	BOOK_PROFILE=smoke $(PY) -m pytest chapters --nbval-lax -p no:cacheprovider
+
+book: execute site
+
+# Run every chapter top to bottom and store its outputs, then refresh the paired .md files.
+execute: $(STAMP)
+	@for notebook in $(CHAPTERS); do \
+	  echo "== executing $$notebook (BOOK_PROFILE=$(BOOK_PROFILE))"; \
+	  start=$$(date +%s); \
+	  BOOK_PROFILE=$(BOOK_PROFILE) $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=$(CHAPTER_TIMEOUT) "$$notebook" || exit 1; \
+	  echo "   done in $$(( $$(date +%s) - start )) s"; \
+	done
+	$(MAKE) sync
+
+# Build the HTML site from the outputs stored in the notebooks.
+site: $(STAMP) system-deps
+	PYTHON=$(PY) bash book/build.sh
+
+# Keep each chapter's .ipynb and .md pair in step (edit either, then run this).
+sync: $(STAMP)
+	$(PY) -m jupytext --sync $(CHAPTERS)
+
+clean:
+	rm -rf book/_build runs
