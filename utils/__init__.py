@@ -1,0 +1,60 @@
+"""The shared package of the book *From Image Recognition to Image Understanding*.
+
+Each module holds one concern and imports on its own; TensorFlow is imported only by the modules
+that need it, so ``utils.shapes`` and ``utils.metrics`` work without it.
+
+Chapters start with::
+
+    import utils
+    PROFILE = utils.setup()
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+__version__ = "0.1.0"
+
+#: Where the book lives; the Colab badges and the Colab install line point here.
+REPO_URL = "https://github.com/image-understanding-book/image-captioning-book"
+
+_SUBMODULES = ("profile", "shapes", "datasets", "text", "model", "train", "decoding", "metrics", "viz")
+
+
+def __getattr__(name: str):
+    # Lazy submodules: ``utils.model`` imports TensorFlow only when a chapter first touches it.
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'utils' has no attribute {name!r}")
+
+
+def setup(profile: str | None = None, seed: int = 42, deterministic: bool = True):
+    """Prepare a chapter: seed everything, make TensorFlow deterministic, print versions.
+
+    Returns the active :class:`utils.profile.Profile` (from ``profile`` or ``BOOK_PROFILE``).
+    Fails with a message that says what to do when a pinned package is missing.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import numpy as np  # noqa: F401
+        import tensorflow as tf
+        import keras
+    except ImportError as error:  # pragma: no cover - depends on the reader's machine
+        raise RuntimeError(
+            f"{error.name} is not installed. Locally run `make book` (it builds .venv/), "
+            "or `pip install -r requirements.txt -e .`; on Colab re-run the Setup cell."
+        ) from error
+    from .profile import get_profile
+
+    active = get_profile(profile)
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    devices = ", ".join(d.device_type for d in tf.config.list_physical_devices()) or "none"
+    print(
+        f"Python {sys.version.split()[0]} | TensorFlow {tf.__version__} | Keras {keras.__version__}"
+        f" | devices: {devices}"
+    )
+    print(f"profile: {active.name} | dataset: {active.dataset} | seed: {seed}")
+    return active

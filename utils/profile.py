@@ -1,0 +1,98 @@
+"""Profiles: one object that holds every size knob, chosen by ``BOOK_PROFILE``.
+
+``smoke`` is for CI (tiny data, a few steps), ``cpu`` is the full Shapes course on a laptop,
+``gpu`` is for Colab or a GPU machine. ``auto`` (the default) picks ``gpu`` when TensorFlow sees a
+GPU and ``cpu`` otherwise. ``BOOK_DATASET`` chooses the dataset (default: ``shapes``, except in
+the ``gpu`` profile where it is ``flickr8k``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+PROFILE_NAMES = ("smoke", "cpu", "gpu")
+DATASET_NAMES = ("shapes", "flickr8k", "flickr30k", "coco")
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Every size knob of the book in one place; chapters read these, never literals."""
+
+    name: str
+    dataset: str
+    # data
+    num_images: int  # Shapes images over all splits
+    image_size: int  # Shapes canvas, pixels per side
+    max_caption_tokens: int  # caption words kept, <start>/<end> not counted
+    # model
+    embed_dim: int
+    units: int  # LSTM width
+    attention_units: int
+    cnn_filters: tuple[int, ...]
+    dropout: float
+    # training
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    final_learning_rate: float  # cosine decay ends here
+    steps_per_epoch: int | None  # None: one pass over the training split
+    eval_images: int  # validation images decoded after each epoch
+    mixed_precision: bool = False
+    jit_compile: bool = True
+
+    def replace(self, **changes) -> "Profile":
+        """Return a copy with some knobs changed (for experiments in a chapter)."""
+        return dataclasses.replace(self, **changes)
+
+
+_PROFILES = {
+    "smoke": Profile(
+        name="smoke", dataset="shapes", num_images=240, image_size=64, max_caption_tokens=16,
+        embed_dim=32, units=64, attention_units=32, cnn_filters=(16, 32, 32), dropout=0.0,
+        epochs=2, batch_size=16, learning_rate=3e-3, final_learning_rate=1e-3,
+        steps_per_epoch=6, eval_images=16,
+    ),
+    "cpu": Profile(
+        name="cpu", dataset="shapes", num_images=10_000, image_size=64, max_caption_tokens=16,
+        embed_dim=64, units=256, attention_units=128, cnn_filters=(32, 64, 128), dropout=0.1,
+        epochs=12, batch_size=32, learning_rate=3e-3, final_learning_rate=1e-4,
+        steps_per_epoch=None, eval_images=300,
+    ),
+    "gpu": Profile(
+        name="gpu", dataset="shapes", num_images=30_000, image_size=64, max_caption_tokens=20,
+        embed_dim=256, units=512, attention_units=256, cnn_filters=(64, 128, 256), dropout=0.3,
+        epochs=20, batch_size=64, learning_rate=2e-3, final_learning_rate=1e-4,
+        steps_per_epoch=None, eval_images=1000, mixed_precision=True,
+    ),
+}
+
+
+def _gpu_visible() -> bool:
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return False
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def get_profile(name: str | None = None, dataset: str | None = None) -> Profile:
+    """Return the profile ``name`` (default: ``$BOOK_PROFILE``, else ``auto``).
+
+    ``dataset`` (default: ``$BOOK_DATASET``) overrides the profile's dataset. An unknown name
+    raises ``ValueError`` listing the valid ones.
+    """
+    name = (name or os.environ.get("BOOK_PROFILE") or "auto").strip().lower()
+    if name == "auto":
+        name = "gpu" if _gpu_visible() else "cpu"
+    if name not in _PROFILES:
+        raise ValueError(
+            f"unknown profile {name!r} (BOOK_PROFILE); choose one of: auto, {', '.join(PROFILE_NAMES)}"
+        )
+    profile = _PROFILES[name]
+    default_dataset = "flickr8k" if name == "gpu" else "shapes"
+    dataset = (dataset or os.environ.get("BOOK_DATASET") or default_dataset).strip().lower()
+    if dataset not in DATASET_NAMES:
+        raise ValueError(
+            f"unknown dataset {dataset!r} (BOOK_DATASET); choose one of: {', '.join(DATASET_NAMES)}"
+        )
+    return profile.replace(dataset=dataset)
