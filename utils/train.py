@@ -1,0 +1,135 @@
+"""Training: the input pipeline, the optimiser, and a callback that scores real captions.
+
+Validation by teacher-forced loss alone can mislead: the model is asked to caption, so after each
+epoch :class:`CaptionScore` decodes validation images greedily and scores the captions (BLEU-4,
+and on Shapes the exact-caption rate). The best epoch by that score is kept.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import metrics
+from .datasets import EncodedSplit
+
+
+def training_pipeline(split: EncodedSplit, batch_size: int, seed: int = 0) -> tf.data.Dataset:
+    """Endless shuffled ``(images, captions)`` batches; each time an image is drawn, one of its
+    reference captions is picked at random (seeded, so runs repeat exactly)."""
+    references = split.captions.shape[1]
+    examples = tf.data.Dataset.from_tensor_slices((split.pixels, split.captions))
+    examples = examples.shuffle(len(split), seed=seed, reshuffle_each_iteration=True).repeat()
+    choices = tf.data.Dataset.random(seed=seed + 1)
+    pairs = tf.data.Dataset.zip(examples, choices).map(
+        lambda example, r: (example[0], example[1][r % references]),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return pairs.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def validation_pipeline(split: EncodedSplit, batch_size: int) -> tf.data.Dataset:
+    """Every image once, with its first reference, for the teacher-forced validation loss."""
+    data = (split.pixels, split.captions[:, 0])
+    return tf.data.Dataset.from_tensor_slices(data).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def caption_images(model, pixels: np.ndarray, vocabulary, max_length: int,
+                   batch_size: int = 256) -> tuple[list[str], np.ndarray]:
+    """Greedy captions for ``uint8[N, H, W, 3]`` images, and attention ``[N, max_length, R]``."""
+    captions, attention = [], []
+    for start in range(0, len(pixels), batch_size):
+        ids, weights = model.greedy(tf.constant(pixels[start : start + batch_size]), max_length)
+        captions += [vocabulary.decode(row) for row in ids.numpy()]
+        attention.append(weights.numpy())
+    return captions, np.concatenate(attention)
+
+
+def score_captions(captions: list[str], split: EncodedSplit, count: int | None = None) -> dict:
+    """BLEU-1..4 of ``captions`` against the split's references and, on Shapes, the share of
+    captions that are exactly right (true and mentioning every object)."""
+    count = len(captions) if count is None else count
+    references = {i: split.references[i] for i in range(count)}
+    bleu = metrics.corpus_bleu(references, {i: captions[i] for i in range(count)})
+    scores = {f"bleu{n + 1}": value for n, value in enumerate(bleu)}
+    if split.scenes is not None:
+        from .shapes import check_caption
+
+        checks = [check_caption(captions[i], split.scenes[i]) for i in range(count)]
+        scores["exact"] = float(np.mean([c.exact for c in checks]))
+        scores["correct"] = float(np.mean([c.correct for c in checks]))
+    return scores
+
+
+class CaptionScore(keras.callbacks.Callback):
+    """After each epoch: caption ``count`` validation images, log ``val_bleu4`` (and
+    ``val_exact`` on Shapes), and save the weights whenever that score is the best so far."""
+
+    def __init__(self, split: EncodedSplit, vocabulary, max_length: int, count: int,
+                 best_path: str | pathlib.Path):
+        super().__init__()
+        self.split, self.vocabulary, self.max_length = split, vocabulary, max_length
+        self.count = min(count, len(split))
+        self.best_path = pathlib.Path(best_path)
+        self.key = "val_exact" if split.scenes is not None else "val_bleu4"
+        self.state_path = self.best_path.with_suffix(".json")
+        self.best = json.loads(self.state_path.read_text())["best"] if self.state_path.exists() else -1.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        captions, _ = caption_images(self.model, self.split.pixels[: self.count],
+                                     self.vocabulary, self.max_length)
+        scores = score_captions(captions, self.split, self.count)
+        logs = logs if logs is not None else {}
+        logs["val_bleu4"] = scores["bleu4"]
+        if "exact" in scores:
+            logs["val_exact"] = scores["exact"]
+        if logs[self.key] > self.best:
+            self.best = logs[self.key]
+            # Weights first, then the score: a crash in between leaves an older score, never a
+            # score that claims weights which were not written.
+            self.model.save_weights(self.best_path)
+            self.state_path.write_text(json.dumps({"best": self.best, "epoch": epoch + 1}))
+        print(f" - {self.key}: {logs[self.key]:.3f} (best {self.best:.3f})")
+
+
+def compile_for_training(model, profile, steps_per_epoch: int) -> None:
+    """Adam with a cosine-decayed learning rate and gradient-norm clipping."""
+    total_steps = max(profile.epochs * steps_per_epoch, 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        profile.learning_rate, decay_steps=total_steps,
+        alpha=profile.final_learning_rate / profile.learning_rate)
+    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0))
+
+
+def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
+        run_dir: str | pathlib.Path, seed: int = 0, verbose: int | str = "auto"):
+    """Train ``model`` as the profile says, then load the best epoch's weights.
+
+    ``run_dir`` keeps the best weights and a backup of the latest epoch: a run that was killed
+    continues from its last finished epoch when the same call is made again.
+    """
+    run_dir = pathlib.Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not model.built:  # BackupAndRestore needs the weights to exist before fit
+        model((train.pixels[:1], train.captions[:1, 0, :-1]))
+    steps = profile.steps_per_epoch or len(train) // profile.batch_size
+    compile_for_training(model, profile, steps)
+    best_path = run_dir / "best.weights.h5"
+    if not (run_dir / "backup").exists():
+        # A fresh run: the best weights of an earlier, finished run must not win by default.
+        best_path.unlink(missing_ok=True)
+        best_path.with_suffix(".json").unlink(missing_ok=True)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        CaptionScore(val, vocabulary, max_length=profile.max_caption_tokens + 1,
+                     count=profile.eval_images, best_path=best_path),
+    ]
+    history = model.fit(
+        training_pipeline(train, profile.batch_size, seed),
+        steps_per_epoch=steps, epochs=profile.epochs,
+        validation_data=validation_pipeline(val, profile.batch_size),
+        callbacks=callbacks, verbose=verbose)
+    model.load_weights(best_path)
+    return history

@@ -1,0 +1,75 @@
+"""Figures with one look: sample grids, training curves, attention overlays."""
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+STYLE = {"figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False,
+         "axes.grid": True, "grid.alpha": 0.3, "font.size": 10}
+plt.rcParams.update(STYLE)
+
+
+def show_images(pixels: np.ndarray, titles: Sequence[str] = (), columns: int = 4,
+                size: float = 2.6, colours: Sequence[str] | None = None):
+    """A grid of ``uint8[N, H, W, 3]`` images with wrapped titles (optionally coloured)."""
+    count = len(pixels)
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * (size + 0.5)),
+                                squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index >= count:
+            continue
+        axis.imshow(pixels[index], interpolation="nearest")
+        if index < len(titles):
+            colour = colours[index] if colours else "black"
+            axis.set_title(textwrap.fill(titles[index], 26), fontsize=8.5, color=colour)
+    figure.tight_layout()
+    return figure
+
+
+def plot_history(history: dict, keys: Sequence[str] = ("loss", "val_loss"),
+                 score_keys: Sequence[str] = ("val_exact", "val_bleu4")):
+    """Loss curves (left) and caption scores per epoch (right) from ``History.history``."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    epochs = np.arange(1, len(history[keys[0]]) + 1)
+    for key in keys:
+        if key in history:
+            left.plot(epochs, history[key], marker="o", label=key)
+    left.set(xlabel="epoch", ylabel="cross-entropy per word", title="Loss")
+    left.legend()
+    for key in score_keys:
+        if key in history:
+            right.plot(epochs, history[key], marker="o", label=key)
+    right.set(xlabel="epoch", ylim=(0, 1), title="Greedy captions on validation images")
+    right.legend()
+    figure.tight_layout()
+    return figure
+
+
+def show_attention(image: np.ndarray, words: Sequence[str], weights: np.ndarray,
+                   columns: int = 6, size: float = 2.0):
+    """One panel per word: the image with that word's attention ``weights[t]`` laid over it.
+
+    ``weights`` is ``[T, R]`` with ``R`` a square grid of regions (8x8 = 64 for Shapes).
+    """
+    grid = int(round(math.sqrt(weights.shape[-1])))
+    rows = math.ceil(len(words) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * (size + 0.3)),
+                                squeeze=False)
+    height, width = image.shape[:2]
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index >= len(words):
+            continue
+        axis.imshow(image, interpolation="nearest")
+        heat = weights[index].reshape(grid, grid)
+        axis.imshow(heat, cmap="magma", alpha=0.6, extent=(0, width, height, 0),
+                    interpolation="bilinear")
+        axis.set_title(words[index], fontsize=10)
+    figure.tight_layout()
+    return figure
