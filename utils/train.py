@@ -128,7 +128,7 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
     ]
     history = model.fit(
         training_pipeline(train, profile.batch_size, seed),
-        steps_per_epoch=steps, epochs=profile.epochs,
+        steps_per_epoch=steps, epochs=profile.epochs, shuffle=False,  # the pipeline shuffles
         validation_data=validation_pipeline(val, profile.batch_size),
         callbacks=callbacks, verbose=verbose)
     model.load_weights(best_path)

@@ -1,0 +1,79 @@
+"""Training plumbing on a tiny Shapes set: pipeline, scoring, best-epoch saving, resume."""
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+import keras  # noqa: E402
+
+from utils import datasets, shapes, text, train  # noqa: E402
+from utils.model import Captioner  # noqa: E402
+from utils.profile import get_profile  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    records = datasets.load_karpathy(shapes.write_dataset(root / "data", 40, seed=3))
+    vocab = text.Vocabulary.from_captions(c for r in datasets.split(records, "train") for c in r.captions)
+    encoded = {name: datasets.encode_split(datasets.split(records, name), vocab, 18, name)
+               for name in ("train", "val")}
+    profile = get_profile("smoke").replace(epochs=3, steps_per_epoch=2, batch_size=4, eval_images=4,
+                                           jit_compile=False)  # XLA compiling costs more than it saves here
+    return encoded, vocab, profile
+
+
+def test_pipeline_draws_one_reference_per_image_deterministically(tiny):
+    encoded, _, _ = tiny
+    first = [b[1].numpy() for b in train.training_pipeline(encoded["train"], 4, seed=5).take(3)]
+    again = [b[1].numpy() for b in train.training_pipeline(encoded["train"], 4, seed=5).take(3)]
+    np.testing.assert_array_equal(np.stack(first), np.stack(again))
+    images, captions = next(iter(train.training_pipeline(encoded["train"], 4)))
+    assert images.shape == (4, 64, 64, 3) and images.dtype == tf.uint8
+    assert captions.shape == (4, 18) and (captions[:, 0].numpy() == 2).all()
+    # every drawn caption is one of that image's references
+    pixels = encoded["train"].pixels.reshape(len(encoded["train"]), -1)
+    for image, caption in zip(images.numpy(), captions.numpy()):
+        row = int(np.flatnonzero((pixels == image.reshape(-1)).all(axis=1))[0])
+        assert any((caption == ref).all() for ref in encoded["train"].captions[row])
+
+
+def test_scores_of_the_references_themselves_are_perfect(tiny):
+    encoded, _, _ = tiny
+    val = encoded["val"]
+    scores = train.score_captions([refs[0] for refs in val.references], val)
+    assert scores["exact"] == 1.0 and scores["bleu4"] == pytest.approx(1.0)
+
+
+def _model(vocab, profile):
+    keras.utils.set_random_seed(0)
+    return Captioner.from_profile(profile, len(vocab))
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_fit_saves_the_best_epoch_and_resumes_after_an_interruption(tiny, tmp_path, monkeypatch):
+    encoded, vocab, profile = tiny
+    # an uninterrupted run
+    history = train.fit(_model(vocab, profile), encoded["train"], encoded["val"], vocab, profile,
+                        tmp_path / "whole", verbose=0)
+    assert len(history.history["loss"]) == 3 and "val_exact" in history.history
+    assert (tmp_path / "whole" / "best.weights.h5").exists()
+
+    # the same run killed after its second epoch, then started again with the same call
+    original_fit = keras.Model.fit
+
+    def fit_with_interrupt(self, *args, callbacks=(), **kwargs):
+        return original_fit(self, *args, callbacks=[*callbacks, _Interrupt()], **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit_with_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(_model(vocab, profile), encoded["train"], encoded["val"], vocab, profile,
+                  tmp_path / "killed", verbose=0)
+    monkeypatch.setattr(keras.Model, "fit", original_fit)
+    resumed = train.fit(_model(vocab, profile), encoded["train"], encoded["val"], vocab, profile,
+                        tmp_path / "killed", verbose=0)
+    assert len(resumed.history["loss"]) == 1  # only the third epoch was left to run
