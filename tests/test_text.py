@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from utils.text import Vocabulary, standardize
@@ -36,3 +37,42 @@ def test_save_and_load(tmp_path):
     vocab = Vocabulary.from_captions([["x", "y", "y"]])
     vocab.save(tmp_path / "vocab.json")
     assert Vocabulary.load(tmp_path / "vocab.json").words == vocab.words
+
+
+TRICKY = [
+    "A red circle, left of: a CAFÉ!",
+    "<start> a dog <end>",
+    "Ein Hund läuft über die Straße — schnell.",
+    "一只猫坐在垫子上。",
+    "e\u0301te\u0301 (decomposed accents)",
+    "emoji 🐶 and symbols $5 & #tags",
+    "tabs\tand\nnewlines   and  spaces",
+    "under_score stays; hyphen-ated splits",
+]
+
+
+def test_tensorflow_standardization_agrees_with_python():
+    tf = pytest.importorskip("tensorflow")
+    from utils.text import tf_standardize
+
+    for caption in TRICKY:
+        ours = standardize(caption)
+        theirs = tf_standardize(tf.constant(caption)).numpy().decode("utf-8").split()
+        assert theirs == ours, caption
+    assert standardize(TRICKY[3]) == ["一只猫坐在垫子上"]
+
+
+def test_text_vectorization_encodes_like_the_vocabulary():
+    tf = pytest.importorskip("tensorflow")
+    captions = ["A red circle left of a blue square.", "two green stars", "a café",
+                "a red circle a red circle a red circle a red circle a red circle", "unknown words here"]
+    vocab = Vocabulary.from_captions(standardize(c) for c in captions[:3])
+    layer = vocab.text_vectorization(10)
+    ids = layer(tf.constant(captions)).numpy()
+    assert ids.shape == (5, 10)
+    for caption, row in zip(captions, ids):
+        assert row.tolist() == vocab.encode(standardize(caption), 10), caption
+    assert ids[3, -1] == vocab.end_id  # a long caption keeps its <end>
+    # and it works inside a tf.data pipeline
+    data = tf.data.Dataset.from_tensor_slices(captions).batch(2).map(layer)
+    assert np.concatenate([b.numpy() for b in data]).tolist() == ids.tolist()

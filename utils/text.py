@@ -9,16 +9,41 @@ from __future__ import annotations
 import collections
 import json
 import pathlib
-import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"
-_PUNCTUATION = re.compile(r"[^\w\s<>]+")
+
+#: What survives standardisation: letters, digits and combining marks of any script, "_", and
+#: "<" ">" so that ``<start>``/``<end>`` stay whole. Everything else (punctuation, symbols) becomes a
+#: space. The TensorFlow twin, :func:`tf_standardize`, uses the same classes in RE2 syntax.
+_TF_DROPPED = r"[^\p{L}\p{N}\p{M}_\s<>]+"
+
+
+def _kept(character: str) -> bool:
+    return character in "_<>" or character.isspace() or unicodedata.category(character)[0] in "LNM"
 
 
 def standardize(caption: str) -> list[str]:
-    """Lower-case, drop punctuation, split on whitespace. Non-ASCII letters are kept."""
-    return _PUNCTUATION.sub(" ", caption.lower()).split()
+    """Lower-case, turn punctuation and symbols into spaces, split on whitespace.
+
+    Letters of every script are kept (``"café"``, ``"猫"``), so captions in other languages are
+    not destroyed; ``<start>`` and ``<end>`` pass through unchanged.
+    """
+    return "".join(c if _kept(c) else " " for c in caption.lower()).split()
+
+
+def tf_standardize(captions):
+    """:func:`standardize` as TensorFlow ops, for ``TextVectorization(standardize=...)``.
+
+    Keras' default standardisation strips ``<`` and ``>`` and so turns ``<start>`` into
+    ``start``, a word that may also occur in captions; this one keeps them.
+    """
+    import tensorflow as tf
+
+    lowered = tf.strings.lower(captions, encoding="utf-8")
+    spaced = tf.strings.regex_replace(lowered, _TF_DROPPED, " ")
+    return tf.strings.strip(tf.strings.regex_replace(spaced, r"\s+", " "))
 
 
 class Vocabulary:
@@ -72,9 +97,42 @@ class Vocabulary:
                 words.append(self._words[i] if 0 <= i < len(self._words) else UNK)
         return " ".join(words)
 
+    def text_vectorization(self, length: int):
+        """A Keras ``TextVectorization`` layer that maps raw captions to the same ids as
+        :meth:`encode` (``<start> ... <end>``, padded to ``length``), for use in ``tf.data``."""
+        import keras
+
+        return _CaptionVectorization(self, length, keras)
+
     def save(self, path: str | pathlib.Path) -> None:
         pathlib.Path(path).write_text(json.dumps({"words": self._words}, ensure_ascii=False, indent=0))
 
     @classmethod
     def load(cls, path: str | pathlib.Path) -> "Vocabulary":
         return cls(json.loads(pathlib.Path(path).read_text())["words"])
+
+
+class _CaptionVectorization:
+    """Callable: ``string[B]`` captions -> ``int64[B, length]`` ids, equal to ``Vocabulary.encode``.
+
+    ``TextVectorization`` reserves id 0 for padding and id 1 for unknown words, exactly as the
+    vocabulary does, so our words from id 2 on are handed to it in order. Its own truncation would
+    cut ``<end>`` off long captions; instead the words are cut first and the markers added after.
+    """
+
+    def __init__(self, vocabulary: Vocabulary, length: int, keras):
+        self.length = length
+        self.start_id, self.end_id = vocabulary.start_id, vocabulary.end_id
+        self.layer = keras.layers.TextVectorization(
+            standardize=tf_standardize, split="whitespace", vocabulary=vocabulary.words[2:],
+            ragged=True)
+
+    def __call__(self, captions):
+        import tensorflow as tf
+
+        words = tf.cast(self.layer(captions)[:, : self.length - 2], tf.int64)
+        rows = words.nrows()
+        starts = tf.RaggedTensor.from_tensor(tf.fill([rows, 1], tf.constant(self.start_id, tf.int64)))
+        ends = tf.RaggedTensor.from_tensor(tf.fill([rows, 1], tf.constant(self.end_id, tf.int64)))
+        ids = tf.concat([starts, words, ends], axis=1)
+        return ids.to_tensor(default_value=0, shape=[None, self.length])
