@@ -111,7 +111,9 @@ def test_chapter_opens_with_title_badge_and_setup(path):
     assert setup_heading.source.startswith("## Setup")
 
     assert setup_code.cell_type == "code"
-    for needle in ("IS_COLAB", f"git+{utils.REPO_URL}", "import utils", "utils.setup()"):
+    needles = ("IS_COLAB", f'BOOK_REPOSITORY = "{utils.REPO_URL}"', 'BOOK_REVISION = "main"',
+               "[colab] @ git+{BOOK_REPOSITORY}@{BOOK_REVISION}", "import utils", "utils.setup()")
+    for needle in needles:
         assert needle in setup_code.source, f"{path.name}: the Setup cell lacks {needle!r}"
 
 

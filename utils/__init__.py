@@ -29,13 +29,47 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'utils' has no attribute {name!r}")
 
 
+#: The versions the book is tested with (requirements.txt pins them; a test keeps these equal).
+TESTED_VERSIONS = {"tensorflow": "2.21", "keras": "3.15"}
+
+COLAB_DATA = "/content/image-understanding-data"
+COLAB_DRIVE_DATA = "/content/drive/MyDrive/image-understanding-data"
+
+
+def on_colab() -> bool:
+    """True inside a Google Colab runtime."""
+    return "google.colab" in sys.modules
+
+
+def _colab_data_folder() -> str:
+    # Google Drive survives a disconnected runtime; /content does not. Use Drive when mounted.
+    return COLAB_DRIVE_DATA if os.path.isdir("/content/drive/MyDrive") else COLAB_DATA
+
+
+def version_warnings(installed: dict[str, str]) -> list[str]:
+    """One line per package whose major.minor version differs from the tested one."""
+    lines = []
+    for package, tested in TESTED_VERSIONS.items():
+        have = ".".join(installed.get(package, "?").split(".")[:2])
+        if have != tested:
+            lines.append(
+                f"{package} {installed.get(package, 'missing')} is installed; the book is tested with "
+                f"{tested}.x. Most chapters still run; if one fails, install the tested version "
+                f"(pip install -r requirements.txt, or on Colab keep Colab's build and report the error).")
+    return lines
+
+
 def setup(profile: str | None = None, seed: int = 42, deterministic: bool = True):
     """Prepare a chapter: seed everything, make TensorFlow deterministic, print versions.
 
     Returns the active :class:`utils.profile.Profile` (from ``profile`` or ``BOOK_PROFILE``).
+    On Colab, datasets go to Google Drive when it is mounted, else under ``/content``; a missing
+    GPU and versions other than the tested ones are reported, with what to do.
     Fails with a message that says what to do when a pinned package is missing.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if on_colab():
+        os.environ.setdefault("BOOK_DATA", _colab_data_folder())
     try:
         import numpy as np  # noqa: F401
         import tensorflow as tf
@@ -57,4 +91,11 @@ def setup(profile: str | None = None, seed: int = 42, deterministic: bool = True
         f" | devices: {devices}"
     )
     print(f"profile: {active.name} | dataset: {active.dataset} | seed: {seed}")
+    for line in version_warnings({"tensorflow": tf.__version__, "keras": keras.__version__}):
+        print("warning:", line)
+    if on_colab():
+        print(f"data folder: {os.environ['BOOK_DATA']}")
+        if not tf.config.list_physical_devices("GPU"):
+            print("warning: no GPU in this Colab runtime, so training uses the slower cpu profile. "
+                  "For a GPU: Runtime > Change runtime type > GPU, then run the notebook again.")
     return active

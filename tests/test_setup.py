@@ -1,0 +1,57 @@
+"""The Setup path: tested versions equal the pins, Colab never gets a CPU TensorFlow."""
+import pathlib
+import re
+import tomllib
+
+import pytest
+
+import utils
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        match = re.match(r"([A-Za-z0-9_.-]+)==([^\s#]+)", line)
+        if match:
+            pins[match.group(1).lower()] = match.group(2)
+    return pins
+
+
+def test_tested_versions_equal_the_pins():
+    pins = _pins()
+    assert pins["tensorflow-cpu"].startswith(utils.TESTED_VERSIONS["tensorflow"] + ".")
+    assert pins["keras"].startswith(utils.TESTED_VERSIONS["keras"] + ".")
+
+
+def test_the_package_never_pulls_tensorflow_onto_colab():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + sum(project["optional-dependencies"].values(), [])
+    assert not [r for r in requirements if re.match(r"(tensorflow|keras|tf-)", r, re.I)]
+
+
+def test_version_warnings():
+    assert utils.version_warnings({"tensorflow": "2.21.0", "keras": "3.15.1"}) == []
+    lines = utils.version_warnings({"tensorflow": "2.19.0", "keras": "3.15.1"})
+    assert len(lines) == 1 and "2.19.0" in lines[0] and "2.21" in lines[0]
+
+
+def test_colab_data_goes_to_drive_when_mounted(monkeypatch):
+    monkeypatch.setattr(utils.os.path, "isdir", lambda path: path == "/content/drive/MyDrive")
+    assert utils._colab_data_folder() == utils.COLAB_DRIVE_DATA
+    monkeypatch.setattr(utils.os.path, "isdir", lambda path: False)
+    assert utils._colab_data_folder() == utils.COLAB_DATA
+
+
+def test_setup_on_colab_sets_the_data_folder_and_warns_without_gpu(monkeypatch, capsys):
+    pytest.importorskip("tensorflow")
+    monkeypatch.setattr(utils, "on_colab", lambda: True)
+    monkeypatch.setattr(utils.os.path, "isdir", lambda path: False)
+    monkeypatch.delenv("BOOK_DATA", raising=False)
+    utils.setup("smoke")
+    printed = capsys.readouterr().out
+    assert utils.os.environ["BOOK_DATA"] == utils.COLAB_DATA
+    assert "data folder: /content/image-understanding-data" in printed
+    assert "no GPU" in printed and "Change runtime type" in printed
+    monkeypatch.delenv("BOOK_DATA")
