@@ -806,14 +806,17 @@ def _check_replaceable(out_dir: pathlib.Path, overwrite: bool) -> None:
 def _fill_folder(
     folder: pathlib.Path, num_images: int, seed: int, image_size: int, progress: bool
 ) -> None:
-    from tqdm.auto import tqdm
+    # Plain tqdm, not tqdm.auto: a notebook then shows one updating text line that is stored
+    # with the outputs, rather than a widget that needs ipywidgets and vanishes from the site.
+    from tqdm import tqdm
 
     image_folder = folder / IMAGE_FOLDER
     image_folder.mkdir()
     splits = [split for split, count in split_sizes(num_images).items() for _ in range(count)]
     digits = max(6, len(str(num_images - 1)))
     entries = []
-    for index in tqdm(range(num_images), desc="Shapes", unit="img", disable=not progress):
+    for index in tqdm(range(num_images), desc="Shapes", unit="img", disable=not progress,
+                      mininterval=1.0):
         filename = f"shapes_{index:0{digits}d}.png"
         pixels, entry = _make_example(index, splits[index], seed, image_size)
         entry["filename"] = filename
