@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 #: Where the book lives; the Colab badges and the Colab install line point here.
 REPO_URL = "https://github.com/image-understanding-book/image-captioning-book"
 
-_SUBMODULES = ("profile", "shapes", "datasets", "text", "model", "train", "decoding", "metrics", "viz")
+_SUBMODULES = ("profile", "shapes", "datasets", "download", "images", "features", "text", "model",
+               "train", "decoding", "metrics", "viz")
 
 
 def __getattr__(name: str):
