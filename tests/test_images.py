@@ -215,7 +215,7 @@ def test_bomb_is_refused_before_decoding(tmp_path, monkeypatch, side):
 
 
 def test_our_pixel_limit_names_the_size(tmp_path):
-    with pytest.raises(ImageError, match=r"9000x9000 = 81 megapixels, more than .*MAX_PIXELS"):
+    with pytest.raises(ImageError, match=r"9000x9000 = 81.0 megapixels, more than .*MAX_PIXELS"):
         load_rgb(png_claiming_size(tmp_path, 9000, 9000))
 
 
@@ -258,3 +258,15 @@ def test_load_many_all_bad_gives_an_empty_batch(tmp_path):
     with pytest.warns(SkippedImagesWarning, match="skipped 1 of 1"):
         pixels, kept = load_many([bad_file(tmp_path, "empty")], (5, 7), skip_bad=True)
     assert pixels.shape == (0, 5, 7, 3) and kept == []
+
+
+def test_the_size_limit_message_is_not_wrapped_twice(tmp_path, monkeypatch):
+    from PIL import Image
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 30)).save(path)
+    monkeypatch.setattr(images, "MAX_PIXELS", 100)
+    with pytest.raises(images.ImageError) as caught:
+        images.load_rgb(path)
+    message = str(caught.value)
+    assert message.count("cannot use image") == 1 and "40x30" in message

@@ -78,6 +78,8 @@ def load_rgb(path: str | os.PathLike, size: Size | None = None) -> np.ndarray:
                 _check_pixel_count(path, handle.size)
                 handle.load()
                 image = ImageOps.exif_transpose(handle)
+    except ImageError:
+        raise  # already says what is wrong (ImageError is a ValueError: keep it unwrapped)
     except UnidentifiedImageError:
         raise ImageError(path, _describe_unreadable(path)) from None
     except _DECODE_ERRORS as error:
@@ -165,8 +167,8 @@ def _check_pixel_count(path: pathlib.Path, size: tuple[int, int]) -> None:
     if width * height > MAX_PIXELS:
         raise ImageError(
             path,
-            f"it claims to be {width}x{height} = {width * height / 1e6:.0f} megapixels, more than "
-            f"utils.images.MAX_PIXELS ({MAX_PIXELS / 1e6:.0f} megapixels): a decompression bomb "
+            f"it claims to be {width}x{height} = {width * height / 1e6:.1f} megapixels, more than "
+            f"utils.images.MAX_PIXELS ({MAX_PIXELS / 1e6:.1f} megapixels): a decompression bomb "
             "or a huge scan; shrink it, or raise MAX_PIXELS if you trust it")
 
 
