@@ -485,3 +485,14 @@ def test_mentioning_one_object_twice_is_not_correct():
     assert shapes.check_caption("a red circle and a blue square", scene).exact
     repeated = shapes.check_caption("a red circle , a red circle and a blue square", scene)
     assert repeated.parsed and not repeated.correct
+
+
+def test_mentions_point_each_noun_at_its_objects():
+    scene = {"image_size": 64, "objects": [
+        {"shape": "circle", "colour": "red", "size": "small", "bbox": [2, 2, 15, 15]},
+        {"shape": "square", "colour": "blue", "size": "large", "bbox": [30, 30, 53, 53]},
+        {"shape": "square", "colour": "blue", "size": "small", "bbox": [40, 2, 53, 15]},
+    ]}
+    found = shapes.mentions("<start> the image shows a red circle left of two blue squares", scene)
+    assert found == [(5, [0]), (10, [1, 2])]
+    assert shapes.mentions("circle red a", scene) is None

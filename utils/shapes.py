@@ -402,6 +402,22 @@ def check_caption(caption: str, scene: dict) -> CaptionCheck:
     return CaptionCheck(parsed=True, correct=correct, complete=len(mentioned) == len(objects))
 
 
+def mentions(caption: str, scene: dict) -> list[tuple[int, list[int]]] | None:
+    """Where each group of a caption names its objects: ``[(noun position, object indices)]``.
+
+    Positions index :func:`tokenize`'s words (the shape noun that ends each group); the indices
+    are the scene objects the group denotes. ``None`` when the caption is outside the grammar.
+    Used to check whether attention looked at the object being named.
+    """
+    tokens = tokenize(caption)
+    items = _parse(tokens)
+    if items is None:
+        return None
+    groups = [group for item in items for group in item.groups]
+    nouns = [position for position, token in enumerate(tokens) if token in _NOUNS]
+    return [(position, _denotation(group, scene["objects"])) for position, group in zip(nouns, groups)]
+
+
 class _Cursor:
     """Reads a token list from left to right; a failed read consumes nothing."""
 

@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from utils.evaluation import attention_grounding, caption_rates
+
+SCENE = {"image_size": 64, "objects": [
+    {"shape": "circle", "colour": "red", "size": "small", "bbox": [2, 2, 15, 15]},
+    {"shape": "square", "colour": "blue", "size": "large", "bbox": [30, 30, 53, 53]},
+]}
+
+
+def one_hot(rows_cols, steps=8, grid=8):
+    weights = np.zeros((steps, grid * grid))
+    for step, (row, col) in rows_cols.items():
+        weights[step, row * grid + col] = 1.0
+    return weights
+
+
+def test_grounding_hits_when_the_peak_is_on_the_named_object():
+    caption = "a red circle and a blue square"  # nouns at positions 2 and 6
+    on_target = one_hot({2: (1, 1), 6: (5, 5)})  # cell (1,1) = pixels 8-16: on the circle
+    off_target = one_hot({2: (7, 7), 6: (0, 0)})
+    result = attention_grounding([caption, caption], np.stack([on_target, off_target]), [SCENE] * 2)
+    assert result == {"grounding": 0.5, "nouns": 4}
+
+
+def test_grounding_ignores_nouns_without_objects_and_unparsable_captions():
+    weights = np.stack([one_hot({2: (1, 1)})] * 2)
+    result = attention_grounding(["a green star", "star green a"], weights, [SCENE] * 2)
+    assert result["nouns"] == 0 and np.isnan(result["grounding"])
+
+
+def test_caption_rates_by_group():
+    one = {"image_size": 64, "objects": SCENE["objects"][:1]}
+    rates = caption_rates(["a red circle left of a blue square", "a red circle", "a blue circle"],
+                          [SCENE, one, one])
+    assert rates["all"]["exact"] == pytest.approx(2 / 3)
+    assert rates["1 object"] == {"count": 2, "parsed": 1.0, "correct": 0.5, "complete": 0.5,
+                                 "exact": 0.5}
+    assert rates["with relation"]["count"] == 1 and rates["with relation"]["exact"] == 1.0
+    assert "3 objects" not in rates

@@ -1,0 +1,78 @@
+"""Measures that only a dataset with known scenes allows: is a caption true, and did the model
+look at the object it named? (NumPy only; the standard text metrics are in :mod:`utils.metrics`.)
+"""
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import shapes
+
+RELATION_WORDS = frozenset({"left", "right", "above", "below"})
+
+
+def caption_rates(captions: Sequence[str], scenes: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Share of captions that parse, are correct, complete and exact, overall and per group.
+
+    Groups: ``all``, ``1 object`` / ``2 objects`` / ``3 objects`` (by the true scene), and
+    ``with relation`` / ``without relation`` (by whether the *generated* caption states one).
+    Each group also reports its ``count``.
+    """
+    groups: dict[str, list] = collections.defaultdict(list)
+    for caption, scene in zip(captions, scenes, strict=True):
+        check = shapes.check_caption(caption, scene)
+        objects = len(scene["objects"])
+        relation = bool(RELATION_WORDS & set(shapes.tokenize(caption)))
+        for name in ("all", f"{objects} object{'s' if objects > 1 else ''}",
+                     "with relation" if relation else "without relation"):
+            groups[name].append(check)
+    order = ["all", "1 object", "2 objects", "3 objects", "with relation", "without relation"]
+    return {name: _rates(groups[name]) for name in order if groups[name]}
+
+
+def _rates(checks: list) -> dict[str, float]:
+    return {"count": len(checks),
+            **{field: float(np.mean([getattr(c, field) for c in checks]))
+               for field in ("parsed", "correct", "complete", "exact")}}
+
+
+def attention_grounding(captions: Sequence[str], attention: np.ndarray, scenes: Sequence[dict]
+                        ) -> dict[str, float]:
+    """How often the attention peak lies on the object being named.
+
+    For each shape noun of each parsable caption, take the attention weights of the step that
+    emitted it (``attention[i, t]``, ``[N, T, R]`` with ``R`` a square grid over the image), find
+    the most attended grid cell, and count a hit when that cell overlaps the true box of an object
+    the noun denotes. Nouns denoting no object (a wrong caption) are not counted.
+    Returns ``{"grounding": hit rate, "nouns": how many nouns were counted}``.
+    """
+    hits = counted = 0
+    for caption, weights, scene in zip(captions, attention, scenes, strict=True):
+        named = shapes.mentions(caption, scene)
+        if not named:
+            continue
+        cells = _cell_boxes(weights.shape[-1], scene["image_size"])
+        for position, objects in named:
+            if not objects or position >= len(weights):
+                continue
+            peak = cells[int(np.argmax(weights[position]))]
+            counted += 1
+            hits += any(_overlap(peak, scene["objects"][i]["bbox"]) for i in objects)
+    return {"grounding": hits / counted if counted else float("nan"), "nouns": counted}
+
+
+def _cell_boxes(regions: int, image_size: int) -> list[tuple[float, float, float, float]]:
+    """Pixel box ``(x0, y0, x1, y1)`` of each cell of a square grid, row by row."""
+    side = int(round(math.sqrt(regions)))
+    if side * side != regions:
+        raise ValueError(f"{regions} regions do not form a square grid")
+    step = image_size / side
+    return [(col * step, row * step, (col + 1) * step, (row + 1) * step)
+            for row in range(side) for col in range(side)]
+
+
+def _overlap(cell: Sequence[float], box: Sequence[float]) -> bool:
+    return cell[0] < box[2] and box[0] < cell[2] and cell[1] < box[3] and box[1] < cell[3]
