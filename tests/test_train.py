@@ -77,3 +77,14 @@ def test_fit_saves_the_best_epoch_and_resumes_after_an_interruption(tiny, tmp_pa
     resumed = train.fit(_model(vocab, profile), encoded["train"], encoded["val"], vocab, profile,
                         tmp_path / "killed", verbose=0)
     assert len(resumed.history["loss"]) == 1  # only the third epoch was left to run
+
+
+def test_a_finished_run_is_loaded_and_a_mismatched_one_is_not(tiny, tmp_path):
+    encoded, vocab, profile = tiny
+    model = _model(vocab, profile)
+    train.fit(model, encoded["train"], encoded["val"], vocab, profile, tmp_path / "run", verbose=0)
+    loaded = train.load_finished_run(tmp_path / "run", profile, vocab)
+    pixels = encoded["val"].pixels[:3]
+    np.testing.assert_array_equal(loaded.greedy(pixels, 6)[0].numpy(), model.greedy(pixels, 6)[0].numpy())
+    assert train.load_finished_run(tmp_path / "run", profile.replace(units=8), vocab) is None
+    assert train.load_finished_run(tmp_path / "nothing", profile, vocab) is None

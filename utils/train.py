@@ -6,6 +6,7 @@ and on Shapes the exact-caption rate). The best epoch by that score is kept.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -13,8 +14,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import metrics
+from . import datasets, metrics
 from .datasets import EncodedSplit
+from .text import Vocabulary
+
+RUN_INFO = "run.json"
 
 
 def training_pipeline(split: EncodedSplit, batch_size: int, seed: int = 0) -> tf.data.Dataset:
@@ -132,4 +136,62 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
         validation_data=validation_pipeline(val, profile.batch_size),
         callbacks=callbacks, verbose=verbose)
     model.load_weights(best_path)
+    # Written last: its presence says the run finished and which settings and words it used.
+    info = {"profile": dataclasses.asdict(profile), "words": vocabulary.words}
+    (run_dir / RUN_INFO).write_text(json.dumps(info))
     return history
+
+
+SPLITS = ("train", "val", "test", "test_novel")
+
+
+def prepare_shapes(profile, seed: int = 0) -> tuple[Vocabulary, dict[str, EncodedSplit]]:
+    """Generate (or reuse) the Shapes dataset of ``profile``; return the vocabulary built from
+    the training captions and every split encoded, as chapter 5 does step by step."""
+    records = datasets.load_karpathy(datasets.shapes_dataset(profile, seed=seed))
+    training = datasets.split(records, "train")
+    vocabulary = Vocabulary.from_captions(c for r in training for c in r.captions)
+    length = profile.max_caption_tokens + 2
+    return vocabulary, {name: datasets.encode_split(datasets.split(records, name), vocabulary,
+                                                    length, name) for name in SPLITS}
+
+
+def load_finished_run(run_dir: str | pathlib.Path, profile, vocabulary: Vocabulary):
+    """The captioner a finished :func:`fit` left in ``run_dir``, or ``None`` when there is none
+    or it was trained with other settings or another vocabulary."""
+    from .model import Captioner
+
+    run_dir = pathlib.Path(run_dir)
+    try:
+        info = json.loads((run_dir / RUN_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    settings = json.loads(json.dumps(dataclasses.asdict(profile)))  # tuples become lists, as stored
+    if info.get("profile") != settings or info.get("words") != vocabulary.words:
+        return None
+    model = Captioner.from_profile(profile, len(vocabulary))
+    size = profile.image_size
+    model((np.zeros((1, size, size, 3), np.uint8), np.zeros((1, 1), np.int32)))
+    try:
+        model.load_weights(run_dir / "best.weights.h5")
+    except (OSError, ValueError):
+        return None
+    return model
+
+
+def train_or_load(profile, run_name: str = "05_implementation", seed: int = 0,
+                  verbose: int | str = 2):
+    """A trained Shapes captioner for ``profile``: the one chapter 5 left behind if it matches,
+    else a new one trained now. Returns ``(model, vocabulary, splits)``."""
+    from .model import Captioner
+
+    vocabulary, splits = prepare_shapes(profile, seed)
+    run_dir = datasets.data_root() / "runs" / f"{run_name}-{profile.name}"
+    model = load_finished_run(run_dir, profile, vocabulary)
+    if model is None:
+        print(f"no finished run in {run_dir.name}: training one now")
+        model = Captioner.from_profile(profile, len(vocabulary))
+        fit(model, splits["train"], splits["val"], vocabulary, profile, run_dir, seed, verbose)
+    else:
+        print(f"loaded the captioner trained in {run_dir.name}")
+    return model, vocabulary, splits

@@ -73,3 +73,39 @@ def show_attention(image: np.ndarray, words: Sequence[str], weights: np.ndarray,
         axis.set_title(words[index], fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def table(rows: dict[str, dict[str, float]], digits: int = 3, caption: str = ""):
+    """Show ``{row name: {column: value}}`` as an HTML table (in JupyterLab and on the site).
+
+    Returns the IPython ``HTML`` object, so a cell can end with it; floats get ``digits``
+    decimals, integers are shown as they are.
+    """
+    from IPython.display import HTML
+
+    columns = list(dict.fromkeys(column for row in rows.values() for column in row))
+
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.{digits}f}"
+        return str(value)
+
+    head = "".join(f"<th>{column}</th>" for column in columns)
+    body = "".join(
+        f"<tr><th>{name}</th>" + "".join(f"<td>{cell(row.get(c, ''))}</td>" for c in columns) + "</tr>"
+        for name, row in rows.items())
+    title = f"<caption>{caption}</caption>" if caption else ""
+    return HTML(f"<table>{title}<thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def plot_by_setting(results: dict[str, dict[str, float]], keys: Sequence[str], xlabel: str = "",
+                    title: str = ""):
+    """One line per metric in ``keys`` across settings (e.g. beam sizes), the settings in order."""
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    names = list(results)
+    for key in keys:
+        axis.plot(names, [results[name][key] for name in names], marker="o", label=key)
+    axis.set(xlabel=xlabel, title=title)
+    axis.legend()
+    figure.tight_layout()
+    return figure
