@@ -41,13 +41,17 @@ def validation_pipeline(split: EncodedSplit, batch_size: int) -> tf.data.Dataset
 
 
 def caption_images(model, pixels: np.ndarray, vocabulary, max_length: int,
-                   batch_size: int = 256) -> tuple[list[str], np.ndarray]:
-    """Greedy captions for ``uint8[N, H, W, 3]`` images, and attention ``[N, max_length, R]``."""
+                   batch_size: int = 250, beam_size: int = 1) -> tuple[list[str], np.ndarray]:
+    """Captions for ``uint8[N, H, W, 3]`` images (greedy, or the best of a beam search) and the
+    attention weights behind each word, ``[N, max_length, R]``."""
+    from .decoding import decode_images
+
     captions, attention = [], []
     for start in range(0, len(pixels), batch_size):
-        ids, weights = model.greedy(tf.constant(pixels[start : start + batch_size]), max_length)
-        captions += [vocabulary.decode(row) for row in ids.numpy()]
-        attention.append(weights.numpy())
+        result = decode_images(model, pixels[start : start + batch_size], max_length=max_length,
+                               beam_size=beam_size)
+        captions += [vocabulary.decode(row) for row in result.sequences[:, 0].numpy()]
+        attention.append(result.attention[:, 0].numpy())
     return captions, np.concatenate(attention)
 
 
