@@ -1,9 +1,133 @@
+"""utils.metrics: hand-computed anchors for the book, and equality with the COCO caption toolkit.
+
+Tests marked ``needs_java`` run pycocoevalcap's Java programs (its PTBTokenizer, METEOR) as the
+reference; without Java they are skipped and the rest still run.
+"""
+import math
+import os
 import random
+import shutil
+import subprocess
+import sys
 
 import pytest
 
-from utils.metrics import corpus_bleu
+from utils import metrics
+from utils.metrics import (bleu_counts, bleu_from_counts, cider_d, corpus_bleu, evaluate_captions,
+                           lcs_length, ptb_tokenize, ptb_tokenize_batch, rouge_l)
 
+needs_java = pytest.mark.skipif(shutil.which("java") is None,
+                                reason="needs Java: apt-get install default-jre-headless")
+TOOLKIT_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
+
+# --- caption-like text, with what makes tokenisation hard ---------------------------------------
+
+WORDS = ("a an the man woman dog dogs cat is are sitting on red blue two of with in near next to "
+         "it he she they people bus street riding horse table pizza white black young old group "
+         "playing frisbee kite beach water boat train sign").split()
+HARD = ["don't", "it's", "dog's", "they're", "we'll", "I'm", "can't", "won't", "isn't", "dogs'",
+        "o'clock", "rock'n'roll", "'90s", "gonna", "cannot", "well-known", "t-shirt", "3-year-old",
+        "x-ray", "1,000", "3.5", "12:30", "5 1/2", "50%", "$5", "#1", "Mr.", "Dr.", "U.S.", "a.m.",
+        "etc.", "St.", "No. 5", "e.g.", "b.", "A", "I", "(red)", "[x]", "{y}", '"quoted"',
+        "'single'", "it’s", "“curly”", "and/or", "&", "...", "--", "-", "!!", "?!", ";", ":",
+        "café", "naïve", "the the the", "AT&T", ":)", "<b>", "½", "—"]
+ATTACHED = [".", ",", "!", "?", ";", ":", "'s", "'", '"', ")", "...", "-", "n't"]
+TRICKY = [
+    "A man's dog. Don't they're?", "can't won't shan't ain't isn't aren't don'ts DON'T He'S",
+    "dogs' toys James's hat 'em 'til 'cause '90s 90's ma'am goin' ol' rock'n'roll y'all o'neil",
+    "it’s don’t ‘single’ “double” the dog’s ball",
+    "well-known e-mail x-ray t-shirt 3-year-old 10-15",
+    "- -- --- word- -word up-to-date re-enter anti- pro- a -b dog - cat a ----- b",
+    "The end. Mr. Smith Mrs. Jones Dr. Who St. Louis Jr. etc. e.g. i.e. a.m. p.m. U.S. T.V. tv.",
+    "3.5 ... .... . . . No. 5 fig. 3 ca. 1900 approx. 50 art. 2 no.",
+    "a, b; c: d! e? f!! g?! h?. i , j .k l.m. end.", "\"word\" 'word' `word' ''word'' \"a\" 'a'",
+    "( a ) [ b ] { c } < d > (e) [f] {g} <h> <a b='c'> <br/>",
+    "1,000 3.5 1/2 5 1/2 12:30 2nd 1990s 10am 10:30pm 555-1234 50% $5 US$ £5 €5 -5 +5 .5 ¼ ½",
+    "& + = * / \\ | ~ ^ @ _ a&b AT&T S&P-500 and/or black/white 24/7 w/ a_b",
+    "café naïve façade jalapeño Über Straße 猫", "   leading and trailing spaces \t tab",
+    "www.example.com http://x.com/a b@c.com @user #tag c++ c#",
+    "cannot gonna gotta wanna lemme gimme 'tis 'twas Cannot GONNA",
+    "A MAN RIDING A HORSE. A Man Riding A Horse.", "the letter b.", "A dog", "the letter c.",
+    "a dog", "U.S.", "The end", "Inc. The cat", ":) :( ;) :-) :D ^_^ (^_^)", "photo.jpg 1.jpg 12.x",
+    "", ".", "!?", "a", "A.", "'", "the the the the", "5 1/2 cups of 2 1/2 year old",
+    "emoji 😀 here", "&amp; &AMP; caf&eacute; &#123;", "A‘\u00adñ x \u00ada’a so\u00adft",
+    "e\u0301te\u0301",
+]
+
+
+def caption(rng: random.Random) -> str:
+    if rng.random() < 0.04:
+        return rng.choice(["", " ", ".", "!?", "a", "A.", "the", "..."])
+    words = []
+    for _ in range(rng.randint(1, 12)):
+        word = rng.choice(HARD) if rng.random() < 0.25 else rng.choice(WORDS)
+        case = rng.random()
+        word = word.upper() if case < 0.05 else word.capitalize() if case < 0.15 else word
+        words.append(word + rng.choice(ATTACHED) if rng.random() < 0.12 else word)
+    text = words[0]
+    for word in words[1:]:
+        text += rng.choice([" "] * 12 + ["", "  "]) + word
+    return text + rng.choice(["", "", ".", " .", "!"])
+
+
+def corpus(seed: int, images: int) -> tuple[dict, dict]:
+    """References (1-6 per image) and candidates: new captions, copies of a reference, and
+    degenerate ones (empty, one word, a repeated word)."""
+    rng = random.Random(seed)
+    references = {f"im{i}": [caption(rng) for _ in range(rng.randint(1, 6))] for i in range(images)}
+    candidates = {}
+    for image, refs in references.items():
+        kind = rng.random()
+        if kind < 0.15:
+            candidates[image] = rng.choice(refs)
+        elif kind < 0.25:
+            candidates[image] = rng.choice(["", "a", "dog", "the the the"])
+        else:
+            candidates[image] = caption(rng)
+    return references, candidates
+
+
+# --- the toolkit, for comparison -----------------------------------------------------------------
+
+def toolkit_tokenize(captions: list[str]) -> list[str]:
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    lines = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(captions)})
+    return [lines[i][0] for i in range(len(captions))]
+
+
+def toolkit_inputs(references: dict, candidates: dict) -> tuple[dict, dict]:
+    """References and candidates tokenised by the toolkit, in the order evaluate_captions uses."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({i: [{"caption": r} for r in references[i]] for i in candidates})
+    res = tokenizer.tokenize({i: [{"caption": candidates[i]}] for i in candidates})
+    return gts, res
+
+
+def toolkit_scores(references: dict, candidates: dict) -> dict:
+    """{metric: (corpus score, [per-image scores])} from pycocoevalcap with its PTBTokenizer."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts, res = toolkit_inputs(references, candidates)
+    bleu_scores, bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
+    scores = {f"Bleu_{n + 1}": (bleu_scores[n], bleu_each[n]) for n in range(4)}
+    for name, scorer in (("ROUGE_L", Rouge()), ("CIDEr", Cider())):
+        value, each = scorer.compute_score(gts, res)
+        scores[name] = (value, list(each))
+    return scores
+
+
+def assert_same_scores(ours: dict, theirs: dict, images: list) -> None:
+    for name, (value, each) in theirs.items():
+        assert ours[name] == pytest.approx(value, abs=1e-9), name
+        assert [ours["per_image"][name][i] for i in images] == pytest.approx(each, abs=1e-9), name
+
+
+# --- BLEU, by hand -------------------------------------------------------------------------------
 
 def test_perfect_match_scores_one():
     refs = {0: ["a red circle left of a blue square"], 1: ["two green stars"]}
@@ -14,9 +138,17 @@ def test_perfect_match_scores_one():
 def test_hand_computed_bleu():
     # candidate "a red circle": unigram 3/3, bigram 2/2; reference length 5 -> BP = e^(1-5/3)
     scores = corpus_bleu({0: ["a red circle and square"]}, {0: "a red circle"}, max_n=2)
-    penalty = 2.718281828459045 ** (1 - 5 / 3)
+    penalty = math.exp(1 - 5 / 3)
     assert scores[0] == pytest.approx(penalty, rel=1e-6)
     assert scores[1] == pytest.approx(penalty, rel=1e-6)
+
+
+def test_bleu_clips_repeated_words_and_picks_the_closest_reference_length():
+    # "the" occurs at most once in a reference, so "the the the" matches once: precision 1/3
+    counts = bleu_counts("the the the".split(), ["the cat".split(), "a cat on the mat".split()])
+    assert counts.matches == [1, 0, 0, 0] and counts.totals == [3, 2, 1, 0]
+    assert counts.reference_length == 2  # |2 - 3| = 1 beats |5 - 3| = 2
+    assert bleu_from_counts(counts)[0] == pytest.approx(1 / 3, rel=1e-6)  # no brevity penalty
 
 
 def test_metric_is_on_words_not_case_or_punctuation():
@@ -28,8 +160,8 @@ def test_matches_coco_caption_toolkit_on_random_corpora():
     rng = random.Random(0)
     words = "a red blue circle square left of and two the above".split()
     for _ in range(30):
-        refs = {i: [" ".join(rng.choices(words, k=rng.randint(2, 9))) for _ in range(rng.randint(1, 5))]
-                for i in range(rng.randint(1, 15))}
+        refs = {i: [" ".join(rng.choices(words, k=rng.randint(2, 9)))
+                    for _ in range(rng.randint(1, 5))] for i in range(rng.randint(1, 15))}
         cands = {i: " ".join(rng.choices(words, k=rng.randint(1, 9))) for i in refs}
         theirs, _ = bleu.Bleu(4).compute_score(refs, {i: [c] for i, c in cands.items()}, verbose=0)
         assert corpus_bleu(refs, cands) == pytest.approx(theirs, abs=1e-9)
@@ -38,3 +170,208 @@ def test_matches_coco_caption_toolkit_on_random_corpora():
 def test_candidate_without_reference_is_an_error():
     with pytest.raises(KeyError):
         corpus_bleu({0: ["a"]}, {1: "a"})
+
+
+# --- ROUGE-L and CIDEr-D, by hand ----------------------------------------------------------------
+
+def test_lcs_by_hand():
+    # "the cat on the mat" is a subsequence of "the cat sat on the mat": all 5 words
+    assert lcs_length("the cat sat on the mat".split(), "the cat on the mat".split()) == 5
+    # in both, in order: "the cat ... on ... mat" = 4 words
+    assert lcs_length("the cat sat on the mat".split(), "the cat is on a mat".split()) == 4
+    assert lcs_length("a b c".split(), "c b a".split()) == 1
+    assert lcs_length([], "a b".split()) == 0
+
+
+def test_rouge_l_by_hand():
+    # LCS 5: precision 5/5, recall 5/6; F with beta = 1.2 weights recall more
+    precision, recall = 1.0, 5 / 6
+    expected = (1 + 1.2**2) * precision * recall / (recall + 1.2**2 * precision)
+    score = rouge_l("the cat on the mat".split(), ["the cat sat on the mat".split()])
+    assert score == pytest.approx(expected)
+    assert rouge_l("a b".split(), ["c d".split()]) == 0.0
+
+
+def test_rouge_l_takes_best_precision_and_recall_separately():
+    # precision is best (4/4) against the 2nd reference, recall (2/2) against the 1st
+    references = ["a b".split(), "a b c d e f g h".split()]
+    assert rouge_l("a b c d".split(), references) == pytest.approx(1.0)
+
+
+def test_cider_d_sanity_values():
+    # Each caption equals its only reference and shares no n-gram with the other image: every
+    # order n = 1..4 has cosine 1, so the score is 10 (CIDEr's scale).
+    four_words = [["a red circle here".split()], ["two blue squares there".split()]]
+    corpus_score, each = cider_d([refs[0] for refs in four_words], four_words)
+    assert each == pytest.approx([10.0, 10.0]) and corpus_score == pytest.approx(10.0)
+    # With two words only unigrams and bigrams exist: 2 of the 4 orders -> 5
+    two_words = [["red circle".split()], ["blue square".split()]]
+    assert cider_d([refs[0] for refs in two_words], two_words)[1] == pytest.approx([5.0, 5.0])
+    # An n-gram in every image's references weighs log(images / images) = 0: one image scores 0
+    assert cider_d(["a red circle".split()], [["a red circle".split()]])[0] == 0.0
+
+
+def test_cider_d_by_hand():
+    # Two images whose references share no n-gram: every n-gram weighs log(2) per occurrence, so
+    # the cosines below are ratios of counts. A caption one word longer or shorter than its
+    # reference loses a factor exp(-1 / (2 * 6^2)) to the length penalty.
+    references = [["a red circle".split()], ["two blue squares".split()]]
+    penalty = math.exp(-1 / 72)
+    # "a red" against "a red circle": unigrams 2 / sqrt(2 * 3), bigrams 1 / sqrt(1 * 2)
+    shorter = cider_d(["a red".split(), "two blue squares".split()], references)[1][0]
+    assert shorter == pytest.approx((2 / math.sqrt(6) + 1 / math.sqrt(2)) / 4 * 10 * penalty)
+    # "a red circle circle": the 2nd "circle" is clipped to the reference's one, so unigrams give
+    # 3 / (sqrt(6) sqrt(3)), not 4 / ...; bigrams 2 / sqrt(3 * 2); trigrams 1 / sqrt(2)
+    longer = cider_d(["a red circle circle".split(), "two blue squares".split()], references)
+    expected = (3 / math.sqrt(18) + 2 / math.sqrt(6) + 1 / math.sqrt(2)) / 4 * 10 * penalty
+    assert longer[1][0] == pytest.approx(expected)
+
+
+# --- PTB tokenisation ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, tokens", [
+    ("A dog's toy, isn't it?", ["a", "dog", "'s", "toy", "is", "n't", "it"]),
+    ("They're gonna eat (lots).", ["they", "'re", "gon", "na", "eat", "-lrb-", "lots", "-rrb-"]),
+    ("We can't, you won't.", ["we", "ca", "n't", "you", "wo", "n't"]),
+    ("The dogs' bowls", ["the", "dogs", "bowls"]),
+    ("A well-known 3-year-old", ["a", "well-known", "3-year-old"]),
+    ("Mr. Smith lives in the U.S.", ["mr.", "smith", "lives", "in", "the", "u.s."]),
+    ("“Curly” quotes don’t matter", ["curly", "quotes", "do", "n't", "matter"]),
+    ("Wow!! Really?!", ["wow", "!!", "really", "?!"]),
+    ("a 5 1/2 year old", ["a", "5\u00a01/2", "year", "old"]),
+    ("", []),
+])
+def test_ptb_tokenize_examples(text, tokens):
+    assert ptb_tokenize(text) == tokens
+
+
+def test_a_caption_can_depend_on_the_next_one_as_in_the_toolkit():
+    lines = ptb_tokenize_batch(["the letter b.", "A dog", "the letter b.", "a dog"])
+    assert lines == [["the", "letter", "b"], ["a", "dog"], ["the", "letter", "b."], ["a", "dog"]]
+
+
+@needs_java
+def test_ptb_tokenize_matches_the_java_tokenizer():
+    pytest.importorskip("pycocoevalcap")
+    rng = random.Random(1)
+    alphabet = list("aeinostAETSxyzdm0159 .,'\"-()!?;:&/$%#@*_`[]{}<>+=") + [
+        "’", "“", "”", "—", "…", "é", "½", "\u00ad", "\u0301"]
+    noise = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 25))) for _ in range(1500)]
+    texts = TRICKY + [caption(rng) for _ in range(4000)] + noise
+    ours = [" ".join(tokens) for tokens in ptb_tokenize_batch(texts)]
+    theirs = toolkit_tokenize(texts)
+    assert [(text, o, t) for text, o, t in zip(texts, ours, theirs) if o != t] == []
+
+
+# --- everything against the toolkit ------------------------------------------------------------
+
+@needs_java
+@pytest.mark.parametrize("seed, images", [(0, 1), (1, 2), (2, 7), (3, 30), (4, 60), (5, 150)])
+def test_scores_equal_the_toolkit_on_generated_corpora(seed, images):
+    pytest.importorskip("pycocoevalcap")
+    references, candidates = corpus(seed, images)
+    ours = evaluate_captions(references, candidates, TOOLKIT_METRICS, per_image=True)
+    assert_same_scores(ours, toolkit_scores(references, candidates), list(candidates))
+
+
+@needs_java
+def test_scores_equal_the_toolkit_on_edge_cases():
+    pytest.importorskip("pycocoevalcap")
+    references = {
+        "empty": ["", "."],  # captions that tokenise to nothing
+        "one word": ["dog", "a dog"],
+        "repeats": ["the the the the", "the cat"],
+        "fraction": ["a 5 1/2 year old", "a child"],  # a token with a non-breaking space
+        "many": [caption(random.Random(i)) for i in range(12)],
+        "letter": ["the letter b.", "A dog"],
+    }
+    candidates = {"empty": "", "one word": "dog", "repeats": "the the the",
+                  "fraction": "5 1/2 year", "many": "a man riding a horse",
+                  "letter": "the letter b."}
+    ours = evaluate_captions(references, candidates, TOOLKIT_METRICS, per_image=True)
+    assert_same_scores(ours, toolkit_scores(references, candidates), list(candidates))
+
+
+@needs_java
+def test_meteor_equals_the_toolkits_meteor():
+    meteor = pytest.importorskip("pycocoevalcap.meteor.meteor")
+    references, candidates = corpus(4, 40)
+    references["accents"], candidates["accents"] = ["un café noir", "a black coffee"], "café noir"
+    references["bars"], candidates["bars"] = ["a | b ||| c"], "a ||| b"
+    ours = evaluate_captions(references, candidates, ["METEOR"], per_image=True)
+    scorer = meteor.Meteor()
+    try:
+        theirs, each = scorer.compute_score(*toolkit_inputs(references, candidates))
+    finally:
+        scorer.meteor_p.kill()  # its wrapper only stops Java when garbage-collected
+    assert ours["METEOR"] == pytest.approx(theirs, abs=1e-9)
+    assert [ours["per_image"]["METEOR"][i] for i in candidates] == pytest.approx(each, abs=1e-9)
+
+
+# --- when Java or CoreNLP are missing -----------------------------------------------------------
+
+def test_without_java_the_other_metrics_come_with_a_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java on it
+    references, candidates = {0: ["a red circle"], 1: ["two squares"]}, {0: "a circle", 1: "a"}
+    with pytest.warns(metrics.MetricUnavailableWarning, match="apt-get install default-jre-headl"):
+        scores = evaluate_captions(references, candidates)
+    assert list(scores) == list(TOOLKIT_METRICS)
+
+
+def test_a_meteor_that_hangs_is_stopped(monkeypatch, tmp_path):
+    pytest.importorskip("pycocoevalcap")
+    fake_java, pid_file = tmp_path / "java", tmp_path / "pid"
+    fake_java.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 60\n")
+    fake_java.chmod(0o755)
+    monkeypatch.setattr(metrics, "_find_java", lambda: str(fake_java))
+    monkeypatch.setattr(metrics, "METEOR_SECONDS", 1.0)
+    with pytest.warns(metrics.MetricUnavailableWarning, match="METEOR left out: .*no answer"):
+        scores = evaluate_captions({0: ["a red circle"]}, {0: "a red circle"}, ["METEOR", "Bleu_1"])
+    assert list(scores) == ["Bleu_1"]
+    with pytest.raises(ProcessLookupError):  # the stuck program was killed, not left running
+        os.kill(int(pid_file.read_text()), 0)
+
+
+def test_spice_offline_is_skipped_with_a_clear_message(monkeypatch):
+    pytest.importorskip("pycocoevalcap")
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(metrics, "_find_java", lambda: "java")
+    monkeypatch.setattr(metrics, "SPICE_CORENLP_JARS", ("not-downloaded.jar",))
+    monkeypatch.setattr(metrics.urllib.request, "urlopen", offline)
+    with pytest.warns(metrics.MetricUnavailableWarning, match="SPICE needs Stanford CoreNLP"):
+        scores = evaluate_captions({0: ["a red circle"]}, {0: "a circle"}, ["SPICE", "CIDEr"])
+    assert list(scores) == ["CIDEr"]
+    assert "SPICE" not in metrics.DEFAULT_METRICS
+
+
+# --- the interface -------------------------------------------------------------------------------
+
+def test_metric_selection_and_per_image_layout():
+    references = {"x": ["a red circle", "a circle"], "y": ["two squares"]}
+    candidates = {"x": "a red circle", "y": "a square"}
+    scores = evaluate_captions(references, candidates, ["Bleu_2", "CIDEr"], per_image=True)
+    assert list(scores) == ["Bleu_2", "CIDEr", "per_image"]
+    assert set(scores["per_image"]["CIDEr"]) == {"x", "y"}
+    assert scores["CIDEr"] == pytest.approx(sum(scores["per_image"]["CIDEr"].values()) / 2)
+    only_x = evaluate_captions(references, {"x": "a red circle"}, "Bleu")
+    assert list(only_x) == ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]
+    with pytest.raises(ValueError, match="unknown metric"):
+        evaluate_captions(references, {"x": "a"}, ["BLEU-4"])
+    with pytest.raises(ValueError, match="reference"):
+        evaluate_captions({"x": []}, {"x": "a"}, ["CIDEr"])
+
+
+def test_corpus_bleu_equals_evaluate_captions():
+    references, candidates = corpus(5, 20)
+    scores = evaluate_captions(references, candidates, ["Bleu"])
+    expected = [scores[f"Bleu_{n}"] for n in range(1, 5)]
+    assert corpus_bleu(references, candidates) == pytest.approx(expected)
+
+
+def test_imports_without_tensorflow():
+    code = ("import sys, utils.metrics; "
+            "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
