@@ -83,6 +83,9 @@ def setup(profile: str | None = None, seed: int = 42, deterministic: bool = True
     from .profile import get_profile
 
     active = get_profile(profile)
+    # Chapters deliberately compile a few graph variants (batch sizes, beam widths); TensorFlow's
+    # "retracing" advice about that would only distract. Errors are still shown.
+    tf.get_logger().setLevel("ERROR")
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
