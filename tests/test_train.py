@@ -55,28 +55,45 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_fit_saves_the_best_epoch_and_resumes_after_an_interruption(tiny, tmp_path, monkeypatch):
-    encoded, vocab, profile = tiny
-    # an uninterrupted run
-    history = train.fit(_model(vocab, profile), encoded["train"], encoded["val"], vocab, profile,
-                        tmp_path / "whole", verbose=0)
-    assert len(history.history["loss"]) == 3 and "val_exact" in history.history
-    assert (tmp_path / "whole" / "best.weights.h5").exists()
+class _FinalWeights(keras.callbacks.Callback):
+    """Keeps the weights at the end of the last epoch (fit then loads the best epoch's)."""
 
-    # the same run killed after its second epoch, then started again with the same call
+    def on_train_end(self, logs=None):
+        self.weights = [w.copy() for w in self.model.get_weights()]
+
+
+def _fit_with(monkeypatch, extra_callbacks):
     original_fit = keras.Model.fit
 
-    def fit_with_interrupt(self, *args, callbacks=(), **kwargs):
-        return original_fit(self, *args, callbacks=[*callbacks, _Interrupt()], **kwargs)
+    def fit(self, *args, callbacks=(), **kwargs):
+        return original_fit(self, *args, callbacks=[*callbacks, *extra_callbacks], **kwargs)
 
-    monkeypatch.setattr(keras.Model, "fit", fit_with_interrupt)
+    monkeypatch.setattr(keras.Model, "fit", fit)
+
+
+def test_a_killed_run_resumes_at_the_right_epoch_with_identical_weights(tiny, tmp_path, monkeypatch):
+    encoded, vocab, profile = tiny
+    profile = profile.replace(dropout=0.3)  # the dropout masks must repeat too
+    args = (encoded["train"], encoded["val"], vocab, profile)
+
+    whole = _FinalWeights()
+    _fit_with(monkeypatch, [whole])
+    history = train.fit(_model(vocab, profile), *args, tmp_path / "whole", verbose=0)
+    assert len(history.history["loss"]) == 3 and "val_exact" in history.history
+    assert (tmp_path / "whole" / "best.weights.h5").exists()
+    monkeypatch.undo()
+
+    # the same run killed after its second epoch, then started again with the same call
+    _fit_with(monkeypatch, [_Interrupt()])
     with pytest.raises(KeyboardInterrupt):
-        train.fit(_model(vocab, profile), encoded["train"], encoded["val"], vocab, profile,
-                  tmp_path / "killed", verbose=0)
-    monkeypatch.setattr(keras.Model, "fit", original_fit)
-    resumed = train.fit(_model(vocab, profile), encoded["train"], encoded["val"], vocab, profile,
-                        tmp_path / "killed", verbose=0)
-    assert len(resumed.history["loss"]) == 1  # only the third epoch was left to run
+        train.fit(_model(vocab, profile), *args, tmp_path / "killed", verbose=0)
+    monkeypatch.undo()
+    resumed = _FinalWeights()
+    _fit_with(monkeypatch, [resumed])
+    history = train.fit(_model(vocab, profile), *args, tmp_path / "killed", verbose=0)
+    assert len(history.history["loss"]) == 1  # only the third epoch was left to run
+    for ours, theirs in zip(resumed.weights, whole.weights, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_a_finished_run_is_loaded_and_a_mismatched_one_is_not(tiny, tmp_path):

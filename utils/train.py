@@ -21,17 +21,41 @@ from .text import Vocabulary
 RUN_INFO = "run.json"
 
 
-def training_pipeline(split: EncodedSplit, batch_size: int, seed: int = 0) -> tf.data.Dataset:
-    """Endless shuffled ``(images, captions)`` batches; each time an image is drawn, one of its
-    reference captions is picked at random (seeded, so runs repeat exactly)."""
-    references = split.captions.shape[1]
-    examples = tf.data.Dataset.from_tensor_slices((split.pixels, split.captions))
-    examples = examples.shuffle(len(split), seed=seed, reshuffle_each_iteration=True).repeat()
-    choices = tf.data.Dataset.random(seed=seed + 1)
-    pairs = tf.data.Dataset.zip(examples, choices).map(
-        lambda example, r: (example[0], example[1][r % references]),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return pairs.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+def training_pipeline(split: EncodedSplit, batch_size: int, seed: int = 0, *,
+                      steps_per_epoch: int | None = None, first_epoch: int = 0) -> tf.data.Dataset:
+    """Endless ``(images, captions)`` batches, ``steps_per_epoch`` of them per epoch (default:
+    one pass), starting at epoch ``first_epoch``.
+
+    Epoch ``e`` visits the images in an order, and picks for each image one of its reference
+    captions, that depend only on ``(seed, e)``. So a run resumed at epoch ``e`` sees exactly the
+    batches the uninterrupted run saw, and ends with the same weights.
+    """
+    count, references = len(split), split.captions.shape[1]
+    steps = steps_per_epoch or count // batch_size
+    pixels, captions = tf.constant(split.pixels), tf.constant(split.captions)
+
+    def epoch_batches(epoch):
+        seeds = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=seeds)
+        picks = tf.random.stateless_uniform([count], seed=seeds + [1, 0], maxval=references,
+                                            dtype=tf.int32)
+        examples = tf.data.Dataset.from_tensor_slices((order, picks)).repeat()
+        return examples.batch(batch_size, drop_remainder=True).take(steps)
+
+    def gather(rows, picks):
+        return tf.gather(pixels, rows), tf.gather_nd(captions, tf.stack([rows, picks], axis=-1))
+
+    batches = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_batches)
+    return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _resumed_epoch(backup_dir: pathlib.Path) -> int:
+    """The epoch a run continues from: what BackupAndRestore recorded, else 0."""
+    try:
+        return int(json.loads((backup_dir / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def validation_pipeline(split: EncodedSplit, batch_size: int) -> tf.data.Dataset:
@@ -102,6 +126,38 @@ class CaptionScore(keras.callbacks.Callback):
         print(f" - {self.key}: {logs[self.key]:.3f} (best {self.best:.3f})")
 
 
+class RandomStateBackup(keras.callbacks.Callback):
+    """Saves and restores the random-number state of dropout layers beside BackupAndRestore.
+
+    Keras' weight files leave out the ``SeedGenerator`` states that drive dropout, so a resumed
+    run would draw other dropout masks and end with other weights. The states are kept with the
+    epoch they belong to and restored only when BackupAndRestore resumes that same epoch.
+    """
+
+    def __init__(self, backup_dir: str | pathlib.Path):
+        super().__init__()
+        self.path = pathlib.Path(backup_dir) / "random_state.npz"
+
+    def _states(self):
+        weights = {id(w) for w in self.model.weights}
+        return [v for v in self.model.variables if id(v) not in weights]
+
+    def on_train_begin(self, logs=None):
+        resumed = _resumed_epoch(self.path.parent)
+        if resumed and self.path.exists():
+            with np.load(self.path, allow_pickle=False) as saved:
+                if int(saved["epoch"]) == resumed:
+                    for variable, value in zip(self._states(), saved["states"], strict=True):
+                        variable.assign(value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        states = np.stack([np.asarray(v) for v in self._states()]) if self._states() else np.zeros((0,))
+        partial = self.path.with_name("random_state.partial.npz")
+        np.savez(partial, epoch=epoch + 1, states=states)
+        partial.replace(self.path)
+
+
 def compile_for_training(model, profile, steps_per_epoch: int) -> None:
     """Adam with a cosine-decayed learning rate and gradient-norm clipping."""
     total_steps = max(profile.epochs * steps_per_epoch, 1)
@@ -129,13 +185,18 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
         # A fresh run: the best weights of an earlier, finished run must not win by default.
         best_path.unlink(missing_ok=True)
         best_path.with_suffix(".json").unlink(missing_ok=True)
+    first_epoch = _resumed_epoch(run_dir / "backup")
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        # double_checkpoint keeps the previous backup until the new one is complete, so a crash
+        # while saving leaves a usable checkpoint.
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
+        RandomStateBackup(run_dir / "backup"),
         CaptionScore(val, vocabulary, max_length=profile.max_caption_tokens + 1,
                      count=profile.eval_images, best_path=best_path),
     ]
     history = model.fit(
-        training_pipeline(train, profile.batch_size, seed),
+        training_pipeline(train, profile.batch_size, seed, steps_per_epoch=steps,
+                          first_epoch=first_epoch),
         steps_per_epoch=steps, epochs=profile.epochs, shuffle=False,  # the pipeline shuffles
         validation_data=validation_pipeline(val, profile.batch_size),
         callbacks=callbacks, verbose=verbose)
