@@ -7,9 +7,9 @@ import keras  # noqa: E402
 from utils.model import AdditiveAttention, Captioner, masked_cross_entropy  # noqa: E402
 
 
-def tiny_captioner(vocab_size=12, jit=False):
+def tiny_captioner(vocab_size=12, jit=False, **settings):
     return Captioner(vocab_size, filters=(8, 8, 16), embed_dim=8, units=16, attention_units=8,
-                     jit_decoder=jit)
+                     jit_decoder=jit, **settings)
 
 
 def test_teacher_forced_shapes():
@@ -70,3 +70,211 @@ def test_model_learns_to_caption_a_few_images(jit):
     ids, _ = model.greedy(tf.constant(images), 4)
     np.testing.assert_array_equal(ids.numpy()[:, :3], captions[:, 1:4])
     del rng
+
+
+# --- decoders, training terms, serialisation ------------------------------------------------
+
+from utils.model import (  # noqa: E402
+    HardAttentionDecoder, doubly_stochastic_penalty, token_cross_entropy)
+
+#: Every decoder the Captioner offers, with the attention options worth covering.
+DECODER_SETTINGS = {
+    "soft_additive": {},
+    "soft_dot_gate": dict(scoring="dot", gate=True),
+    "show_and_tell": dict(decoder="show_and_tell"),
+    "hard": dict(decoder="hard"),
+}
+
+
+def tiny_batch():
+    """Four flat-coloured images, each with its own caption; the last two are shorter."""
+    images = np.stack([np.full((64, 64, 3), c, np.uint8) for c in (0, 80, 160, 240)])
+    captions = np.array([[2, 4, 8, 3, 0], [2, 5, 9, 3, 0], [2, 6, 3, 0, 0], [2, 7, 3, 0, 0]],
+                        np.int32)
+    return tf.constant(images), tf.constant(captions)
+
+
+def with_padding(captions, columns=3):
+    return tf.concat([captions, tf.zeros([captions.shape[0], columns], captions.dtype)], axis=1)
+
+
+@pytest.mark.parametrize("settings", DECODER_SETTINGS.values(), ids=DECODER_SETTINGS.keys())
+def test_every_decoder_has_the_shared_interface_gradients_and_learns(settings):
+    keras.utils.set_random_seed(2)
+    model = tiny_captioner(**settings)
+    images, captions = tiny_batch()
+    logits, weights = model((images, captions[:, :-1]))
+    # fit builds a model itself (and fails on our two inputs) if any inner layer looks unbuilt
+    assert all(layer.built for layer in model._flatten_layers())
+    assert logits.shape == (4, 4, 12) and weights.shape == (4, 4, 64)
+    np.testing.assert_allclose(weights.numpy().sum(-1), 1.0, rtol=1e-5)
+    state = model.decoder.initial_state(model.encoder(images))
+    step_logits, _, step_weights = model.decoder.step(captions[:, 0], state)
+    assert step_logits.shape == (4, 12) and step_weights.shape == (4, 64)
+    ids, attention = model.greedy(images, 5)
+    assert ids.shape == (4, 5) and attention.shape == (4, 5, 64)
+
+    with tf.GradientTape() as tape:
+        terms = model.objective(images, captions, training=True)
+        total = terms.loss + terms.reinforce
+    gradients = tape.gradient(total, model.trainable_variables)
+    missing = [v.path for v, g in zip(model.trainable_variables, gradients) if g is None]
+    assert not missing
+
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), run_eagerly=True)
+    losses = model.fit(images, captions, batch_size=4, epochs=12, verbose=0).history["loss"]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize("settings", DECODER_SETTINGS.values(), ids=DECODER_SETTINGS.keys())
+def test_training_terms_ignore_padding_columns(settings):
+    keras.utils.set_random_seed(3)
+    regulariser = {} if "decoder" in settings else dict(attention_regularization=0.5)
+    model = tiny_captioner(label_smoothing=0.1, **regulariser, **settings)
+    images, captions = tiny_batch()
+    hard = settings.get("decoder") == "hard"
+    sampler_state = model.decoder.sampler.state.numpy() if hard else None
+    terms = []
+    for batch_captions in (captions, with_padding(captions)):
+        if sampler_state is not None:  # the same region draws for both batches
+            model.decoder.sampler.state.assign(sampler_state)
+        terms.append(model.objective(images, batch_captions, training=True))
+    short, padded = terms
+    np.testing.assert_allclose(float(short.loss), float(padded.loss), rtol=1e-6)
+    np.testing.assert_allclose(float(short.reinforce), float(padded.reinforce), rtol=1e-6)
+    if sampler_state is not None:
+        np.testing.assert_allclose(short.reward.numpy(), padded.reward.numpy(), rtol=1e-6)
+
+
+def test_doubly_stochastic_penalty():
+    weights = tf.constant(np.random.default_rng(0).dirichlet(np.ones(5), size=(2, 4)), tf.float32)
+    mask = tf.constant([[1, 1, 1, 0], [1, 1, 0, 0]], tf.float32)
+    coverage = (weights.numpy() * mask.numpy()[..., None]).sum(1)
+    expected = ((1 - coverage) ** 2).sum(-1).mean()
+    assert float(doubly_stochastic_penalty(weights, mask)) == pytest.approx(expected, rel=1e-6)
+    # attention spread so that every region gets exactly one step's worth: no penalty
+    assert float(doubly_stochastic_penalty(tf.eye(4)[None], tf.ones([1, 4]))) == 0.0
+
+    images, captions = tiny_batch()
+    losses = {}
+    for weight in (0.0, 0.5):
+        keras.utils.set_random_seed(4)  # the same initial weights for both
+        model = tiny_captioner(attention_regularization=weight)
+        losses[weight] = float(model.objective(images, captions).loss)
+        _, weights = model((images, captions[:, :-1]))
+    plain = float(masked_cross_entropy(captions[:, 1:], model((images, captions[:, :-1]))[0]))
+    assert losses[0.0] == pytest.approx(plain, rel=1e-6)
+    penalty = float(doubly_stochastic_penalty(weights, tf.cast(captions[:, 1:] > 0, tf.float32)))
+    assert penalty > 0 and losses[0.5] == pytest.approx(plain + 0.5 * penalty, rel=1e-5)
+
+
+def test_label_smoothing_penalises_certainty_and_skips_padding():
+    targets = tf.constant([[1, 2, 0], [3, 0, 0]])
+    perfect = tf.one_hot(targets, 5) * 30.0  # all the probability on the right word
+    assert float(masked_cross_entropy(targets, perfect)) < 1e-6
+    smoothed = float(masked_cross_entropy(targets, perfect, label_smoothing=0.1))
+    assert smoothed > 1.0
+    # equal to Keras's smoothed categorical cross-entropy over the three real tokens
+    real = tf.constant([[True, True, False], [True, False, False]])
+    reference = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)(
+        tf.one_hot(targets[real], 5), perfect[real])
+    assert smoothed == pytest.approx(float(reference), rel=1e-5)
+    noisy = perfect.numpy()
+    noisy[0, 2] += 100.0 * np.arange(5)
+    assert float(masked_cross_entropy(targets, tf.constant(noisy), label_smoothing=0.1)) == \
+        pytest.approx(smoothed, rel=1e-6)
+    assert token_cross_entropy(targets, perfect, 0.1).shape == (2, 3)
+
+
+def test_hard_attention_samples_regions_and_moves_its_baseline():
+    keras.utils.set_random_seed(5)
+    model = tiny_captioner(decoder="hard")
+    images, captions = tiny_batch()
+    model((images, captions[:, :-1]))
+    regions = model.encoder(images)
+    output = model.decoder.teacher_force(regions, captions[:, :-1], training=True)
+    index = output.glimpses.index.numpy()
+    assert index.shape == (4, 4) and ((index >= 0) & (index < 64)).all()
+    chosen = np.take_along_axis(output.weights.numpy(), index[..., None], -1)[..., 0]
+    np.testing.assert_allclose(np.exp(output.glimpses.log_prob.numpy()), chosen, rtol=1e-5)
+    assert (output.glimpses.entropy.numpy() <= np.log(64) + 1e-5).all()
+    # the generator moves on: the next pass draws other regions
+    redrawn = model.decoder.teacher_force(regions, captions[:, :-1], training=True)
+    assert (redrawn.glimpses.index.numpy() != index).any()
+    # at test time: no sampling, the expected context, the same weights every time
+    assert model.decoder.teacher_force(regions, captions[:, :-1]).glimpses is None
+
+    assert float(model.decoder.reward_baseline) == 0.0
+    reward = float(tf.reduce_mean(model.objective(images, captions, training=True).reward))
+    assert reward < 0  # a log-likelihood
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), run_eagerly=True)
+    model.fit(images, captions, batch_size=4, epochs=1, verbose=0)
+    baseline = float(model.decoder.reward_baseline)
+    assert 0.2 * reward < baseline < 0.0  # b <- 0.9 * 0 + 0.1 * reward, reward drawn anew
+    model.decoder.update_baseline(tf.fill([4], baseline - 10.0))
+    assert float(model.decoder.reward_baseline) == pytest.approx(baseline - 1.0, rel=1e-5)
+
+
+def test_hard_attention_training_repeats_with_the_same_seed():
+    images, captions = tiny_batch()
+
+    def train(seed):
+        keras.utils.set_random_seed(seed)
+        model = tiny_captioner(decoder="hard")
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), run_eagerly=True)
+        losses = model.fit(images, captions, batch_size=4, epochs=2, verbose=0).history["loss"]
+        return losses, [v.numpy() for v in model.weights]
+
+    (losses, weights), (again, weights_again) = train(6), train(6)
+    assert losses == again
+    for a, b in zip(weights, weights_again):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_default_captioner_is_unchanged():
+    """The book's chapter 5 model: numbers from the soft-attention-only version of this module
+    (commit 1c9f7f7), same seed, same inputs. New options must not move them."""
+    keras.utils.set_random_seed(3)
+    model = Captioner(12, filters=(8, 8, 16), embed_dim=8, units=16, attention_units=8,
+                      jit_decoder=False)
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    tokens = np.array([[2, 5, 6, 3], [2, 7, 3, 0]], np.int32)
+    logits, weights = model((images, tokens))
+    np.testing.assert_allclose(logits.numpy()[1, :, :4], [
+        [0.028643686, 0.114204586, -0.10167646, -0.032692358],
+        [0.035023373, 0.10564165, -0.09152702, -0.081561744],
+        [0.03538946, 0.10769971, -0.083228186, -0.081166215],
+        [0.04022341, 0.09948714, -0.07393159, -0.11046291]], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(weights.numpy()[0, -1, :6], [
+        0.014753846, 0.012523501, 0.014008238, 0.011521229, 0.013439517, 0.012837082],
+        rtol=1e-4)
+
+
+@pytest.mark.parametrize("settings", [dict(scoring="dot", gate=True, label_smoothing=0.1),
+                                      dict(decoder="hard", attention_regularization=0.1),
+                                      dict(decoder="show_and_tell")],
+                         ids=["soft_dot_gate", "hard", "show_and_tell"])
+def test_keras_file_round_trip(settings, tmp_path):
+    keras.utils.set_random_seed(8)
+    model = tiny_captioner(**settings)
+    images, captions = tiny_batch()
+    model((images, captions[:, :-1]))
+    # random decoder weights, so that greedy words differ between images
+    rng = np.random.default_rng(8)
+    for weight in model.decoder.trainable_weights:
+        weight.assign(rng.normal(scale=0.5, size=weight.shape).astype("float32"))
+    assert Captioner.from_config(model.get_config()).get_config() == model.get_config()
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert type(loaded.decoder) is type(model.decoder)
+    for a, b in zip(model.greedy(images, 5), loaded.greedy(images, 5)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_settings_that_would_do_nothing_are_refused():
+    for settings in (dict(decoder="glance"), dict(scoring="cosine"),
+                     dict(decoder="show_and_tell", gate=True),
+                     dict(decoder="show_and_tell", attention_regularization=1.0)):
+        with pytest.raises(ValueError):
+            tiny_captioner(**settings)
+    assert isinstance(tiny_captioner(decoder="hard").decoder, HardAttentionDecoder)

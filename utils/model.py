@@ -1,23 +1,46 @@
-"""The captioner: a CNN encoder giving a grid of region vectors, and an LSTM decoder with
-additive (Bahdanau) soft attention, as in Show, Attend and Tell.
+"""The captioner: a CNN encoder giving a grid of region vectors, and an LSTM decoder that
+writes the caption one word at a time, looking at the regions in one of three ways:
+
+- ``"soft"`` (Show, Attend and Tell, the book's default): a softmax over the regions before
+  each word, the context is their weighted mean. Optional extras from the paper: a gating
+  scalar on the context and dot-product scoring beside the additive (Bahdanau) one.
+- ``"show_and_tell"`` (Vinyals et al.): no attention; the mean region sets the LSTM's state.
+- ``"hard"`` (Xu et al., stochastic hard attention): one region sampled per word while
+  training, learnt with REINFORCE; the expected (soft) context at test time.
+
+Every decoder offers ``initial_state(regions)``, ``step(tokens, state, training)`` ->
+``(logits, new_state, weights)`` for searches, and teacher-forced ``call(regions, tokens)`` ->
+``(logits, weights)``.
 
 Shapes used throughout: ``B`` batch, ``R`` regions (8x8 = 64 for a 64-pixel image), ``D`` region
 width, ``T`` caption positions, ``V`` vocabulary size.
 """
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import keras
 import tensorflow as tf
 from keras import layers
 
+DECODERS = ("soft", "show_and_tell", "hard")
+SCORINGS = ("additive", "dot")
+#: The REINFORCE baseline follows the mean reward as ``b <- DECAY * b + (1 - DECAY) * reward``.
+BASELINE_DECAY = 0.9
 
+serializable = keras.saving.register_keras_serializable(package="image_understanding")
+
+
+@serializable
 class RegionEncoder(keras.layers.Layer):
     """A small CNN trained from scratch: ``uint8[B, H, W, 3]`` -> ``float[B, R, D]``.
 
     A stride-2 stem and two 2x2 max-poolings turn a 64x64 image into an 8x8 grid; the
-    expensive full-resolution layers are kept few and narrow, because on a CPU they dominate. Each grid cell becomes one region vector, to which a learned
-    position embedding is added: attention mixes regions by weight, so without it the decoder
-    could not tell *where* the attended object is ("left of", "above").
+    expensive full-resolution layers are kept few and narrow, because on a CPU they dominate.
+    Each grid cell becomes one region vector, to which a learned position embedding is added:
+    attention mixes regions by weight, so without it the decoder could not tell *where* the
+    attended object is ("left of", "above").
     """
 
     def __init__(self, filters: tuple[int, int, int] = (32, 64, 128), dim: int = 128, **kwargs):
@@ -36,7 +59,9 @@ class RegionEncoder(keras.layers.Layer):
     def _conv(filters: int, size: int, strides: int = 1) -> keras.Sequential:
         return keras.Sequential([
             layers.Conv2D(filters, size, strides=strides, padding="same", use_bias=False),
-            layers.BatchNormalization(momentum=0.9),  # settles within short runs too
+            # momentum 0.9 settles within short runs too; built under a multi-replica strategy,
+            # the statistics are those of the whole batch, not of each replica's share.
+            layers.BatchNormalization(momentum=0.9, synchronized=_replicas_in_sync() > 1),
             layers.ReLU(),
         ])
 
@@ -58,53 +83,268 @@ class RegionEncoder(keras.layers.Layer):
         return {**super().get_config(), "filters": self.filters, "dim": self.dim}
 
 
-class AdditiveAttention(keras.layers.Layer):
-    """Bahdanau scoring ``e_i = v^T tanh(W_k k_i + W_q q)`` and softmax weights over regions.
+def _replicas_in_sync() -> int:
+    """How many replicas share each batch under the current distribution strategy (1 without)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
 
-    The key projection ``W_k k_i`` does not depend on the decoder step, so :meth:`project_keys`
-    computes it once per image and :meth:`call` reuses it at every word.
+
+class RegionAttention(keras.layers.Layer):
+    """What every scoring shares: softmax weights over the regions and their weighted mean.
+
+    Subclasses give :meth:`project_keys` (computed once per image, since the keys do not depend
+    on the decoder step) and :meth:`scores` (one number per region, per step).
     """
 
     def __init__(self, units: int, **kwargs):
         super().__init__(**kwargs)
         self.units = units
-        self.key_dense = layers.Dense(units, use_bias=False)
-        self.query_dense = layers.Dense(units)
-        self.score_dense = layers.Dense(1, use_bias=False)
 
-    def project_keys(self, regions):
+    def project_keys(self, regions: tf.Tensor) -> tf.Tensor:
         """``[B, R, D]`` -> ``[B, R, units]``."""
-        return self.key_dense(regions)
+        raise NotImplementedError
 
-    def call(self, projected_keys, regions, query):
-        """Return the context ``[B, D]`` and the attention weights ``[B, R]``."""
-        hidden = tf.tanh(projected_keys + self.query_dense(query)[:, None, :])
-        scores = tf.squeeze(self.score_dense(hidden), -1)  # [B, R]
+    def scores(self, projected_keys: tf.Tensor, query: tf.Tensor) -> tf.Tensor:
+        """Unnormalised attention logits ``[B, R]`` for ``query [B, Q]``."""
+        raise NotImplementedError
+
+    def call(self, projected_keys, regions, query, return_scores: bool = False):
+        """Return the context ``[B, D]`` and the attention weights ``[B, R]`` (and, with
+        ``return_scores``, the scores ``[B, R]`` they are the softmax of)."""
+        scores = self.scores(projected_keys, query)
         # Softmax over the last axis: that form also compiles under XLA inside loops.
         weights = tf.nn.softmax(scores, axis=-1)
         context = tf.reduce_sum(weights[:, :, None] * regions, axis=1)
-        return context, weights
+        return (context, weights, scores) if return_scores else (context, weights)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
 
 
-class AttentionDecoder(keras.layers.Layer):
-    """One LSTM step per word, attending over the regions before each word.
+@serializable
+class AdditiveAttention(RegionAttention):
+    """Bahdanau scoring ``e_i = v^T tanh(W_k k_i + W_q q)``."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(units, **kwargs)
+        self.key_dense = layers.Dense(units, use_bias=False)
+        self.query_dense = layers.Dense(units)
+        self.score_dense = layers.Dense(1, use_bias=False)
+
+    def project_keys(self, regions):
+        return self.key_dense(regions)
+
+    def scores(self, projected_keys, query):
+        hidden = tf.tanh(projected_keys + self.query_dense(query)[:, None, :])
+        return tf.squeeze(self.score_dense(hidden), -1)
+
+
+@serializable
+class DotProductAttention(RegionAttention):
+    """Scaled dot-product scoring ``e_i = (W_q q) . (W_k k_i) / sqrt(units)``.
+
+    That is the bilinear score ``q^T W k_i`` with ``W = W_q^T W_k`` of rank ``units``; keeping the
+    two factors lets ``W_k k_i`` be computed once per image, as in the additive form. Dividing by
+    ``sqrt(units)`` keeps the scores' spread, and so the softmax's sharpness, independent of width.
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(units, **kwargs)
+        self.key_dense = layers.Dense(units, use_bias=False)
+        self.query_dense = layers.Dense(units, use_bias=False)
+
+    def project_keys(self, regions):
+        return self.key_dense(regions)
+
+    def scores(self, projected_keys, query):
+        query = self.query_dense(query)[:, None, :]  # [B, 1, units]
+        return tf.reduce_sum(projected_keys * query, axis=-1) / math.sqrt(self.units)
+
+
+def make_attention(scoring: str, units: int) -> RegionAttention:
+    """The attention layer for ``scoring``, ``"additive"`` or ``"dot"``."""
+    if scoring == "additive":
+        return AdditiveAttention(units)
+    if scoring == "dot":
+        return DotProductAttention(units)
+    raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+
+
+class Glimpses(NamedTuple):
+    """Where hard attention looked while training: ``[B]`` each for one step, ``[B, T]`` for a
+    teacher-forced caption."""
+
+    index: tf.Tensor  # int32: the sampled region
+    log_prob: tf.Tensor  # log alpha of that region, differentiable in the attention parameters
+    entropy: tf.Tensor  # entropy of the attention distribution the region was drawn from
+
+
+class DecoderOutput(NamedTuple):
+    """Teacher-forced decoder output: ``logits [B, T, V]``, ``weights [B, T, R]`` and, for hard
+    attention while training, the :class:`Glimpses` (``None`` otherwise)."""
+
+    logits: tf.Tensor
+    weights: tf.Tensor
+    glimpses: Glimpses | None = None
+
+
+class CaptionDecoder(keras.layers.Layer):
+    """The step loop the decoders share: subclasses give ``initial_state`` and ``_step``."""
+
+    def initial_state(self, regions: tf.Tensor) -> tuple:
+        """The per-image state (a tuple of tensors leading with ``B``) before ``<start>``."""
+        raise NotImplementedError
+
+    def _step(self, tokens, state, training):
+        """:meth:`step`, plus the step's sampled glimpse (hard attention while training) or
+        ``None``: ``(logits, new_state, weights, glimpse)``."""
+        raise NotImplementedError
+
+    def step(self, tokens, state, training=False):
+        """Feed ``int[B]`` tokens; return ``logits [B, V]``, the new state, ``weights [B, R]``."""
+        logits, state, weights, _ = self._step(tokens, state, training)
+        return logits, state, weights
+
+    def teacher_force(self, regions, tokens, training=False) -> DecoderOutput:
+        """Feed every position of ``tokens [B, T]`` (starting with ``<start>``) in turn. The loop is
+        unrolled: ``T`` is small and fixed."""
+        state = self.initial_state(regions)
+        all_logits, all_weights, glimpses = [], [], []
+        for t in range(tokens.shape[1]):
+            logits, state, weights, glimpse = self._step(tokens[:, t], state, training)
+            all_logits.append(logits)
+            all_weights.append(weights)
+            glimpses.append(glimpse)
+        if glimpses[0] is not None:
+            glimpses = Glimpses(*(tf.stack(field, axis=1) for field in zip(*glimpses)))
+        else:
+            glimpses = None
+        return DecoderOutput(tf.stack(all_logits, axis=1), tf.stack(all_weights, axis=1), glimpses)
+
+    def call(self, regions, tokens, training=False):
+        """Teacher forcing: ``tokens [B, T]`` -> ``logits [B, T, V]``, ``weights [B, T, R]``."""
+        output = self.teacher_force(regions, tokens, training=training)
+        return output.logits, output.weights
+
+
+@serializable
+class AttentionDecoder(CaptionDecoder):
+    """One LSTM step per word, attending (softly) over the regions before each word.
 
     The attention query is the previous hidden state *and* the embedding of the word just
     emitted: after "red" the decoder must look for the red object, and the hidden state alone
     carries that only weakly. The word distribution comes from ``[h, context, word]`` (a "deep
-    output" as in Show, Attend and Tell).
+    output" as in Show, Attend and Tell). With ``gate``, the context is scaled by
+    ``beta_t = sigmoid(f_beta(h_{t-1}))``, so the decoder can lean on the image less for words
+    such as "a" or "of" (Xu et al., section 4.2.1).
     """
 
     def __init__(self, vocab_size: int, embed_dim: int, units: int, attention_units: int,
-                 dropout: float = 0.0, **kwargs):
+                 dropout: float = 0.0, scoring: str = "additive", gate: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embed_dim, self.units = vocab_size, embed_dim, units
         self.attention_units, self.dropout_rate = attention_units, dropout
+        self.scoring, self.use_gate = scoring, gate
         self.embedding = layers.Embedding(vocab_size, embed_dim)
-        self.attention = AdditiveAttention(attention_units)
+        self.attention = make_attention(scoring, attention_units)
+        self.cell = layers.LSTMCell(units)
+        self.init_h = layers.Dense(units, activation="tanh")
+        self.init_c = layers.Dense(units, activation="tanh")
+        self.dropout = layers.Dropout(dropout)
+        self.logits = layers.Dense(vocab_size)
+        # Created last: each layer draws its initial weights in creation order, so turning the
+        # gate on leaves the other layers' starting weights as they were without it.
+        self.gate = layers.Dense(1, activation="sigmoid") if gate else None
+
+    def initial_state(self, regions):
+        """``(h, c, projected_keys, regions)``, h and c from the mean region."""
+        mean = tf.reduce_mean(regions, axis=1)
+        return (self.init_h(mean), self.init_c(mean), self.attention.project_keys(regions), regions)
+
+    def _look(self, keys, regions, query, training) -> tuple[tf.Tensor, tf.Tensor, Glimpses | None]:
+        """The context ``[B, D]`` for this step, the attention weights ``[B, R]``, no glimpse."""
+        context, weights = self.attention(keys, regions, query)
+        return context, weights, None
+
+    def _step(self, tokens, state, training):
+        h, c, keys, regions = state
+        word = self.embedding(tokens)
+        context, weights, glimpse = self._look(keys, regions, tf.concat([h, word], axis=-1),
+                                               training)
+        if self.gate is not None:
+            context = self.gate(h) * context
+        output, (h, c) = self.cell(tf.concat([word, context], axis=-1), [h, c], training=training)
+        features = self.dropout(tf.concat([output, context, word], axis=-1), training=training)
+        return self.logits(features), (h, c, keys, regions), weights, glimpse
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size, "embed_dim": self.embed_dim,
+                "units": self.units, "attention_units": self.attention_units,
+                "dropout": self.dropout_rate, "scoring": self.scoring, "gate": self.use_gate}
+
+
+@serializable
+class HardAttentionDecoder(AttentionDecoder):
+    """Stochastic hard attention (Xu et al., section 4.1): while training, each word sees ONE
+    region, drawn from the attention distribution ``alpha_t``; at test time it sees the expected
+    context ``sum_i alpha_ti a_i``, as in the paper, so searches stay deterministic.
+
+    Sampling is not differentiable: the attention parameters learn from the REINFORCE term that
+    :class:`Captioner` adds, built from the :class:`Glimpses` this decoder returns when
+    teacher-forced with ``training=True``. ``reward_baseline`` is the moving average of the
+    reward that the term subtracts to lower its variance.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int, units: int, attention_units: int,
+                 dropout: float = 0.0, scoring: str = "additive", gate: bool = False,
+                 seed: int | None = None, **kwargs):
+        super().__init__(vocab_size, embed_dim, units, attention_units, dropout, scoring, gate,
+                         **kwargs)
+        self.seed = seed
+        # A seeded generator: the same seed (or keras.utils.set_random_seed) repeats the draws.
+        self.sampler = keras.random.SeedGenerator(seed)
+
+    def build(self, regions_shape):
+        # "mean": under a distribution strategy the replicas' updates are averaged.
+        self.reward_baseline = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                               aggregation="mean", name="reward_baseline")
+        super().build(regions_shape)
+
+    def _look(self, keys, regions, query, training):
+        expected_context, weights, scores = self.attention(keys, regions, query,
+                                                           return_scores=True)
+        if not training:
+            return expected_context, weights, None
+        log_weights = tf.nn.log_softmax(scores, axis=-1)  # exact where softmax underflows
+        index = keras.random.categorical(scores, 1, seed=self.sampler)[:, 0]
+        glimpse = Glimpses(index=index, log_prob=tf.gather(log_weights, index, batch_dims=1),
+                           entropy=-tf.reduce_sum(weights * log_weights, axis=-1))
+        return tf.gather(regions, index, batch_dims=1), weights, glimpse
+
+    def update_baseline(self, reward: tf.Tensor) -> None:
+        """``b <- 0.9 b + 0.1 mean(reward)`` for ``reward [B]``."""
+        mean_reward = tf.reduce_mean(tf.stop_gradient(reward))
+        self.reward_baseline.assign(
+            BASELINE_DECAY * self.reward_baseline + (1.0 - BASELINE_DECAY) * mean_reward)
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+@serializable
+class ShowAndTellDecoder(CaptionDecoder):
+    """The attention-free baseline of Show and Tell (Vinyals et al.): the image, summarised as
+    its mean region, sets the LSTM's initial state and is never looked at again.
+
+    So that it fits the shared interface, ``weights`` are uniform over the regions (``1/R``
+    each): "looking everywhere equally", which is what a plain mean would be.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int, units: int, dropout: float = 0.0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.embed_dim, self.units = vocab_size, embed_dim, units
+        self.dropout_rate = dropout
+        self.embedding = layers.Embedding(vocab_size, embed_dim)
         self.cell = layers.LSTMCell(units)
         self.init_h = layers.Dense(units, activation="tanh")
         self.init_c = layers.Dense(units, activation="tanh")
@@ -112,62 +352,113 @@ class AttentionDecoder(keras.layers.Layer):
         self.logits = layers.Dense(vocab_size)
 
     def initial_state(self, regions):
-        """Per-image decoder state: ``(h, c, projected_keys, regions)``, h and c from the mean region."""
+        """``(h, c, uniform weights [B, R])``, h and c from the mean region."""
         mean = tf.reduce_mean(regions, axis=1)
-        return (self.init_h(mean), self.init_c(mean), self.attention.project_keys(regions), regions)
+        uniform = tf.ones_like(regions[:, :, 0]) / tf.cast(tf.shape(regions)[1], regions.dtype)
+        return (self.init_h(mean), self.init_c(mean), uniform)
 
-    def step(self, tokens, state, training=False):
-        """Feed ``int[B]`` tokens; return ``logits [B, V]``, the new state and ``weights [B, R]``."""
-        h, c, keys, regions = state
+    def _step(self, tokens, state, training):
+        h, c, uniform = state
         word = self.embedding(tokens)
-        context, weights = self.attention(keys, regions, tf.concat([h, word], axis=-1))
-        output, (h, c) = self.cell(tf.concat([word, context], axis=-1), [h, c], training=training)
-        features = self.dropout(tf.concat([output, context, word], axis=-1), training=training)
-        return self.logits(features), (h, c, keys, regions), weights
-
-    def call(self, regions, tokens, training=False):
-        """Teacher forcing: ``tokens [B, T]`` (starting with ``<start>``) -> ``logits [B, T, V]``,
-        ``weights [B, T, R]``. The loop is unrolled: ``T`` is small and fixed."""
-        state = self.initial_state(regions)
-        all_logits, all_weights = [], []
-        for t in range(tokens.shape[1]):
-            logits, state, weights = self.step(tokens[:, t], state, training=training)
-            all_logits.append(logits)
-            all_weights.append(weights)
-        return tf.stack(all_logits, axis=1), tf.stack(all_weights, axis=1)
+        output, (h, c) = self.cell(word, [h, c], training=training)
+        features = self.dropout(tf.concat([output, word], axis=-1), training=training)
+        return self.logits(features), (h, c, uniform), uniform, None
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embed_dim": self.embed_dim,
-                "units": self.units, "attention_units": self.attention_units,
-                "dropout": self.dropout_rate}
+                "units": self.units, "dropout": self.dropout_rate}
 
 
-def masked_cross_entropy(targets, logits, pad_id: int = 0):
+def token_cross_entropy(targets, logits, label_smoothing: float = 0.0):
+    """Per-token cross-entropy ``[B, T]``. With ``label_smoothing`` = eps the target is
+    ``(1 - eps) * one_hot + eps / V``: the model is never pushed to infinite confidence."""
+    if not label_smoothing:
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    target_nll = -tf.gather(log_probs, targets, batch_dims=2)
+    uniform_nll = -tf.reduce_mean(log_probs, axis=-1)
+    return (1.0 - label_smoothing) * target_nll + label_smoothing * uniform_nll
+
+
+def real_token_mask(targets, pad_id: int = 0, dtype="float32"):
+    """1 where ``targets [B, T]`` holds a word (``<end>`` included), 0 on padding."""
+    return tf.cast(tf.not_equal(targets, pad_id), dtype)
+
+
+def masked_cross_entropy(targets, logits, pad_id: int = 0, label_smoothing: float = 0.0):
     """Mean cross-entropy over the real tokens of ``targets [B, T]``; padding never counts."""
-    per_token = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-    mask = tf.cast(tf.not_equal(targets, pad_id), per_token.dtype)
+    per_token = token_cross_entropy(targets, logits, label_smoothing)
+    mask = real_token_mask(targets, pad_id, per_token.dtype)
     return tf.reduce_sum(per_token * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
+def doubly_stochastic_penalty(weights, mask):
+    """``sum_i (1 - sum_t alpha_ti)^2`` averaged over captions, for ``weights [B, T, R]`` and
+    ``mask [B, T]`` (1 on real steps): it asks every region to receive, over the caption, about
+    one step's worth of attention, so no part of the image is ignored (Xu et al., 4.2.1)."""
+    coverage = tf.reduce_sum(weights * mask[:, :, None], axis=1)  # [B, R]
+    return tf.reduce_mean(tf.reduce_sum(tf.square(1.0 - coverage), axis=-1))
+
+
+class Objective(NamedTuple):
+    """One batch's training terms.
+
+    - ``loss``: the cross-entropy (label-smoothed if asked) plus the attention regulariser:
+      the number logged as ``loss``.
+    - ``reinforce``: hard attention's surrogate, whose *gradient* is the REINFORCE estimate
+      minus the entropy bonus; its value means nothing. 0 for the other decoders.
+    - ``reward`` ``[B]``: each caption's log-likelihood under the sampled regions (hard
+      attention while training), else ``None``.
+    """
+
+    loss: tf.Tensor
+    reinforce: tf.Tensor | float
+    reward: tf.Tensor | None
+
+
+@serializable
 class Captioner(keras.Model):
-    """Encoder + attention decoder, trained with ``fit`` on ``(images, captions)`` batches.
+    """Encoder + decoder, trained with ``fit`` on ``(images, captions)`` batches.
 
     ``captions`` are ``int[B, T+1]`` id sequences ``<start> ... <end> 0 0``; the model reads
     positions ``0..T-1`` and is scored on predicting positions ``1..T`` (teacher forcing).
+
+    ``decoder`` picks ``"soft"``, ``"show_and_tell"`` or ``"hard"`` (module docstring);
+    ``scoring`` (``"additive"``/``"dot"``) and ``gate`` shape the attention of soft and hard.
+    ``attention_regularization`` is the weight lambda of :func:`doubly_stochastic_penalty`,
+    ``label_smoothing`` the eps of :func:`token_cross_entropy`; ``entropy_bonus`` weighs the
+    attention entropy in hard attention's REINFORCE term, ``seed`` seeds its region draws.
+    The defaults give the book's soft-attention model.
     """
 
     def __init__(self, vocab_size: int, *, filters=(32, 64, 128), embed_dim: int = 64,
                  units: int = 256, attention_units: int = 128, dropout: float = 0.0,
-                 start_id: int = 2, end_id: int = 3, jit_decoder: bool = True, **kwargs):
+                 start_id: int = 2, end_id: int = 3, jit_decoder: bool = True,
+                 decoder: str = "soft", scoring: str = "additive", gate: bool = False,
+                 attention_regularization: float = 0.0, label_smoothing: float = 0.0,
+                 entropy_bonus: float = 0.01, seed: int | None = None, **kwargs):
+        _check_decoder_settings(decoder, scoring, gate, attention_regularization)
         super().__init__(**kwargs)
         self.config = dict(vocab_size=vocab_size, filters=tuple(filters), embed_dim=embed_dim,
                            units=units, attention_units=attention_units, dropout=dropout,
-                           start_id=start_id, end_id=end_id, jit_decoder=jit_decoder)
+                           start_id=start_id, end_id=end_id, jit_decoder=jit_decoder,
+                           decoder=decoder, scoring=scoring, gate=gate,
+                           attention_regularization=attention_regularization,
+                           label_smoothing=label_smoothing, entropy_bonus=entropy_bonus,
+                           seed=seed)
         self.start_id, self.end_id = start_id, end_id
+        self.attention_regularization = attention_regularization
+        self.label_smoothing, self.entropy_bonus = label_smoothing, entropy_bonus
         self.encoder = RegionEncoder(filters, dim=filters[-1])
-        self.decoder = AttentionDecoder(vocab_size, embed_dim, units, attention_units, dropout)
-        # XLA pays off on the many small ops of the unrolled decoder, not on the convolutions.
-        self._decode = tf.function(self.decoder.call, jit_compile=jit_decoder, reduce_retracing=True)
+        if decoder == "soft":
+            self.decoder = AttentionDecoder(vocab_size, embed_dim, units, attention_units, dropout,
+                                            scoring, gate)
+        elif decoder == "hard":
+            self.decoder = HardAttentionDecoder(vocab_size, embed_dim, units, attention_units,
+                                                dropout, scoring, gate, seed)
+        else:
+            self.decoder = ShowAndTellDecoder(vocab_size, embed_dim, units, dropout)
+        self._teacher_force_by_length = {}  # see _decode
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
     @classmethod
@@ -176,6 +467,10 @@ class Captioner(keras.Model):
         return cls(vocab_size, filters=profile.cnn_filters, embed_dim=profile.embed_dim,
                    units=profile.units, attention_units=profile.attention_units,
                    dropout=profile.dropout, jit_decoder=profile.jit_compile)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None) -> "Captioner":
+        return cls(**config)
 
     def build(self, input_shape):
         # Create every variable eagerly with a one-image dummy pass. Built lazily inside the
@@ -187,29 +482,76 @@ class Captioner(keras.Model):
         super().build(input_shape)
 
     def call(self, inputs, training=False):
+        """``(uint8[B, H, W, 3], int[B, T])`` -> ``logits [B, T, V]``, ``weights [B, T, R]``."""
         images, tokens = inputs
         regions = self.encoder(images, training=training)
-        return self._decode(regions, tokens, training=training)
+        output = self._decode(regions, tokens, training=training)
+        return output.logits, output.weights
+
+    def _decode(self, regions, tokens, training=False) -> DecoderOutput:
+        """:meth:`CaptionDecoder.teacher_force`, compiled once per caption length ``T``: the
+        loop is unrolled over ``T``, which ``reduce_retracing`` would otherwise relax to ``None``
+        (it still relaxes the batch size)."""
+        length = tokens.shape[1]
+        if length not in self._teacher_force_by_length:
+            # XLA pays off on the many small ops of the unrolled decoder, not on the convolutions.
+            self._teacher_force_by_length[length] = tf.function(
+                self.decoder.teacher_force, jit_compile=self.config["jit_decoder"],
+                reduce_retracing=True)
+        return self._teacher_force_by_length[length](regions, tokens, training=training)
 
     @property
     def metrics(self):
         return [self.loss_tracker]
 
-    def _loss(self, data, training):
-        images, captions = data
-        logits, _ = self((images, captions[:, :-1]), training=training)
-        return masked_cross_entropy(captions[:, 1:], logits)
+    def objective(self, images, captions, training: bool = False) -> Objective:
+        """The terms of the training objective for one batch (see :class:`Objective`)."""
+        if not self.built:  # fit can get here first: build through a call, as fit used to
+            self((images[:1], captions[:1, :-1]))
+        targets = captions[:, 1:]
+        regions = self.encoder(images, training=training)
+        output = self._decode(regions, captions[:, :-1], training=training)
+        loss = masked_cross_entropy(targets, output.logits, label_smoothing=self.label_smoothing)
+        if self.attention_regularization:
+            mask = real_token_mask(targets, dtype=output.weights.dtype)
+            loss += self.attention_regularization * doubly_stochastic_penalty(output.weights, mask)
+        if output.glimpses is None:
+            return Objective(loss, 0.0, None)
+        return self._reinforce(targets, output, loss)
+
+    def _reinforce(self, targets, output: DecoderOutput, loss) -> Objective:
+        """Hard attention's REINFORCE term (Xu et al., eq. 12): the reward is each caption's
+        log-likelihood given the sampled regions, and ``(reward - baseline) * log p(regions)``
+        is raised, as is the attention entropy (weighted by ``entropy_bonus``). Both are
+        normalised per real token, like the cross-entropy."""
+        mask = real_token_mask(targets, dtype=output.logits.dtype)
+        tokens = tf.maximum(tf.reduce_sum(mask), 1.0)
+        # The unsmoothed log-likelihood, as the paper's bound has it; a reward, not a loss.
+        reward = -tf.reduce_sum(token_cross_entropy(targets, output.logits) * mask, axis=1)
+        advantage = tf.stop_gradient(reward - self.decoder.reward_baseline)
+        location_log_prob = tf.reduce_sum(output.glimpses.log_prob * mask, axis=1)  # [B]
+        entropy = tf.reduce_sum(output.glimpses.entropy * mask) / tokens
+        reinforce = -tf.reduce_sum(advantage * location_log_prob) / tokens
+        return Objective(loss, reinforce - self.entropy_bonus * entropy, tf.stop_gradient(reward))
 
     def train_step(self, data):
+        images, captions = data
         with tf.GradientTape() as tape:
-            loss = self._loss(data, training=True)
-        gradients = tape.gradient(loss, self.trainable_variables)
+            terms = self.objective(images, captions, training=True)
+            total = terms.loss + terms.reinforce
+            replicas = _replicas_in_sync()
+            if replicas > 1:  # the optimizer sums the replicas' gradients: each brings its share
+                total = total / replicas
+        gradients = tape.gradient(total, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
-        self.loss_tracker.update_state(loss)
+        if terms.reward is not None:
+            self.decoder.update_baseline(terms.reward)
+        self.loss_tracker.update_state(terms.loss)
         return {"loss": self.loss_tracker.result()}
 
     def test_step(self, data):
-        self.loss_tracker.update_state(self._loss(data, training=False))
+        images, captions = data
+        self.loss_tracker.update_state(self.objective(images, captions, training=False).loss)
         return {"loss": self.loss_tracker.result()}
 
     @tf.function(reduce_retracing=True)
@@ -232,3 +574,15 @@ class Captioner(keras.Model):
 
     def get_config(self):
         return dict(self.config)
+
+
+def _check_decoder_settings(decoder: str, scoring: str, gate: bool,
+                            attention_regularization: float) -> None:
+    """Refuse unknown choices, and attention options given to the decoder without attention."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    if decoder == "show_and_tell" and (scoring != "additive" or gate or attention_regularization):
+        raise ValueError("decoder='show_and_tell' has no attention: scoring, gate and "
+                         "attention_regularization do not apply to it")
