@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 
 import keras
@@ -156,6 +157,32 @@ class RandomStateBackup(keras.callbacks.Callback):
         partial = self.path.with_name("random_state.partial.npz")
         np.savez(partial, epoch=epoch + 1, states=states)
         partial.replace(self.path)
+
+
+def distribution_strategy() -> tf.distribute.Strategy:
+    """The strategy to build and train under: TPUs on a Colab TPU runtime, all GPUs with
+    ``MirroredStrategy`` when there are several, else TensorFlow's default (one device).
+
+    Create the model and compile it inside ``strategy.scope()``; ``fit`` then splits every batch
+    across the replicas and sums their gradients.
+    """
+    if os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_NAME"):
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def use_mixed_precision(profile) -> bool:
+    """Switch Keras to ``mixed_float16`` when the profile asks for it and a GPU is there (float16
+    arithmetic is slower than float32 on CPUs). Returns whether it is on."""
+    wanted = profile.mixed_precision and bool(tf.config.list_physical_devices("GPU"))
+    keras.mixed_precision.set_global_policy("mixed_float16" if wanted else "float32")
+    return wanted
 
 
 def compile_for_training(model, profile, steps_per_epoch: int) -> None:
