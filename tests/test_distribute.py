@@ -45,3 +45,14 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device():
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mirrored ok" in result.stdout
+
+
+def test_one_device_without_gpus_or_tpus(monkeypatch):
+    import tensorflow as tf
+
+    from utils import train
+
+    monkeypatch.delenv("COLAB_TPU_ADDR", raising=False)
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    assert train.distribution_strategy().num_replicas_in_sync == 1
+    assert not isinstance(train.distribution_strategy(), tf.distribute.MirroredStrategy)

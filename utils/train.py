@@ -177,14 +177,6 @@ def distribution_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def use_mixed_precision(profile) -> bool:
-    """Switch Keras to ``mixed_float16`` when the profile asks for it and a GPU is there (float16
-    arithmetic is slower than float32 on CPUs). Returns whether it is on."""
-    wanted = profile.mixed_precision and bool(tf.config.list_physical_devices("GPU"))
-    keras.mixed_precision.set_global_policy("mixed_float16" if wanted else "float32")
-    return wanted
-
-
 def compile_for_training(model, profile, steps_per_epoch: int) -> None:
     """Adam with a cosine-decayed learning rate and gradient-norm clipping."""
     total_steps = max(profile.epochs * steps_per_epoch, 1)
