@@ -27,7 +27,8 @@ def __getattr__(name: str):
     # Lazy submodules: ``utils.model`` imports TensorFlow only when a chapter first touches it.
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module 'utils' has no attribute {name!r}")
+    # utils.load_captioner, utils.save_captioner, utils.ExportMismatchError live in utils.export
+    return importlib.import_module(f"{__name__}.export").lazy_attribute(name)
 
 
 #: The versions the book is tested with (requirements.txt pins them; a test keeps these equal).

@@ -5,6 +5,18 @@ Commands:
 ``shapes``
     Write the Shapes captioning dataset, e.g.
     ``python -m utils shapes --out data/shapes --num-images 10000 --seed 0``.
+``train``
+    Train a captioner on the profile's Shapes dataset and export it to ``OUT/captioner``, e.g.
+    ``python -m utils train --dataset shapes --profile cpu --out runs/shapes-cpu --seed 0``;
+    the same command again continues an interrupted run (or only re-exports a finished one).
+``evaluate``
+    Score an exported captioner on a split, e.g.
+    ``python -m utils evaluate --run runs/shapes-cpu --split test --beam-size 3``; the scores
+    are printed and written to ``RUN/scores-<split>-beam<K>.json``. ``--data DIR`` takes the
+    split from any Karpathy-layout folder (``dataset_*.json``) instead of the run's own data.
+``caption``
+    Caption image files, e.g. ``python -m utils caption --model runs/shapes-cpu a.png b.jpg``;
+    ``--attention-out DIR`` also saves one attention figure per image.
 
 A mistake in the input ends the program with one ``error: ...`` line on stderr and a non-zero
 exit status, never a traceback. To add a command, write an ``_add_<name>_command`` function and
@@ -13,6 +25,10 @@ list it in ``_COMMANDS``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
+import os
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
@@ -77,7 +93,240 @@ def _run_shapes(args: argparse.Namespace) -> None:
     print(f"shapes: {args.num_images} images ({counts}) in {json_path}")
 
 
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_shapes_command,)
+# --- train / evaluate / caption ------------------------------------------------------------
+
+RUN_SETTINGS = "run-settings.json"  # what `train` was asked for; a rerun must ask the same
+EXPORT_NAME = "captioner"  # the export folder inside a run folder
+TRAINING_NAME = "training"  # best weights, backup and run.json of utils.train.fit
+
+
+def _quiet_tensorflow() -> None:
+    # TensorFlow's C++ start-up lines would bury the one-line output of these commands.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
+    from .profile import DATASET_NAMES, PROFILE_NAMES
+
+    parser = commands.add_parser(
+        "train",
+        help="train a captioner and export it",
+        description="Train a captioner (utils.train.fit) and export it to OUT/captioner. "
+                    "Running the same command again continues an interrupted run.",
+    )
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default="shapes",
+                        help="dataset to train on (only shapes is wired up yet)")
+    parser.add_argument("--profile", choices=("auto", *PROFILE_NAMES), default=None,
+                        help="size profile (default: $BOOK_PROFILE, else auto)")
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="run folder")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
+    parser.add_argument("--no-jit", action="store_true",
+                        help="run the decoder without XLA: starts faster, trains slower per step "
+                             "(worth it only for very short runs)")
+    parser.set_defaults(run=_run_train,
+                        interrupted="run the same command again to continue from the last epoch")
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    if args.dataset != "shapes":
+        raise ValueError(f"only the shapes dataset is wired up yet, not {args.dataset} "
+                         "(use --dataset shapes)")
+    from .profile import get_profile
+
+    _quiet_tensorflow()
+    profile = get_profile(args.profile, dataset=args.dataset)
+    if args.no_jit:
+        profile = profile.replace(jit_compile=False)
+    settings = {"dataset": args.dataset, "profile": profile.name, "seed": args.seed,
+                "jit": profile.jit_compile}
+    out = args.out
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(20, "Not a directory", str(out))
+    settings_path = out / RUN_SETTINGS
+    if settings_path.exists():
+        earlier = json.loads(settings_path.read_text())
+        if earlier != settings:
+            described = ", ".join(f"{k} {v}" for k, v in earlier.items())
+            raise ValueError(f"{out} holds a run started with {described}; give another --out "
+                             "or delete that folder")
+    elif out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty and holds no run of `train`; give another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    settings_path.write_text(json.dumps(settings))
+
+    from . import datasets, setup, train
+    from .export import save_captioner
+    from .model import Captioner
+
+    setup(profile.name, seed=args.seed)
+    vocabulary, splits = train.prepare_shapes(profile, args.seed)
+    with contextlib.redirect_stdout(io.StringIO()):  # already said "reusing it" once
+        data = datasets.shapes_dataset(profile, seed=args.seed)
+    training_dir = out / TRAINING_NAME
+    model = train.load_finished_run(training_dir, profile, vocabulary)
+    if model is None:
+        model = Captioner.from_profile(profile, len(vocabulary))
+        train.fit(model, splits["train"], splits["val"], vocabulary, profile, training_dir,
+                  seed=args.seed, verbose=2)
+    else:
+        print(f"train: {training_dir} holds a finished run; exporting it again")
+    best = json.loads((training_dir / "best.weights.json").read_text())  # from CaptionScore
+    folder = save_captioner(model, vocabulary, out / EXPORT_NAME, image_size=profile.image_size,
+                            profile=profile, extra={**settings, "data": str(data.resolve()),
+                                                    "best_epoch": best["epoch"],
+                                                    "best_val_score": best["best"]})
+    key = "exact-caption rate" if splits["val"].scenes is not None else "BLEU-4"
+    print(f"train: captioner exported to {folder} (best epoch {best['epoch']}, validation "
+          f"{key} {best['best']:.3f})")
+
+
+def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="score an exported captioner on a split",
+        description="Caption a split with an exported captioner and score it (BLEU, METEOR, "
+                    "ROUGE-L, CIDEr; on Shapes also the exact/correct/complete rates).",
+    )
+    parser.add_argument("--run", dest="run_dir", type=pathlib.Path, required=True,
+                        help="run folder of `train` (or an export folder)")
+    parser.add_argument("--split", required=True, help="split to score, e.g. test")
+    parser.add_argument("--data", type=pathlib.Path, default=None,
+                        help="Karpathy-layout folder with a dataset_*.json (default: the run's "
+                             "own Shapes dataset)")
+    parser.add_argument("--beam-size", type=_positive_int, default=1,
+                        help="1: greedy decoding (default), more: beam search")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _dataset_json(args: argparse.Namespace, metadata: dict) -> pathlib.Path:
+    """The Karpathy JSON of ``--data``, or of the Shapes dataset the run was trained on."""
+    if args.data is not None:
+        if not args.data.is_dir():
+            raise FileNotFoundError(2, "No such folder", str(args.data))
+        found = sorted(args.data.glob("dataset_*.json"))
+        if len(found) != 1:
+            what = "no dataset_*.json" if not found else f"{len(found)} dataset_*.json files"
+            raise FileNotFoundError(f"{args.data} holds {what}; --data needs a folder in the "
+                                    "Karpathy layout with exactly one")
+        return found[0]
+    extra = metadata.get("extra", {})
+    if extra.get("dataset", "shapes") != "shapes" or not metadata.get("profile"):
+        raise ValueError("this export does not say which Shapes dataset it was trained on; "
+                         "give the data with --data DIR")
+    if extra.get("data") and pathlib.Path(extra["data"]).is_file():
+        return pathlib.Path(extra["data"])  # the very file it was trained on
+    from . import datasets
+    from .profile import get_profile
+
+    profile = get_profile(metadata["profile"], dataset="shapes")
+    return datasets.shapes_dataset(profile, seed=int(extra.get("seed", 0)))
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from . import datasets
+    from .export import check_export
+
+    _quiet_tensorflow()
+    folder, metadata, _ = check_export(args.run_dir)  # no TensorFlow yet: bad input fails fast
+    records = datasets.load_karpathy(_dataset_json(args, metadata))
+    chosen = datasets.split(records, args.split)
+    if not chosen:
+        names = sorted({record.split for record in records})
+        raise ValueError(f"unknown split {args.split!r}; the data has: {', '.join(names)}")
+    pixels = datasets.load_pixels(chosen, metadata["image_size"])
+
+    from . import metrics
+    from .export import load_captioner
+    from .train import caption_images
+
+    loaded = load_captioner(folder)
+    captions, _ = caption_images(loaded.model, pixels, loaded.vocabulary, loaded.max_length,
+                                 beam_size=args.beam_size)
+    references = {i: list(r.raw_captions) or [" ".join(c) for c in r.captions]
+                  for i, r in enumerate(chosen)}
+    scores: dict = metrics.evaluate_captions(references, dict(enumerate(captions)))
+    if all(record.scene for record in chosen):
+        from .evaluation import caption_rates
+
+        rates = caption_rates(captions, [record.scene for record in chosen])["all"]
+        scores.update({key: rates[key] for key in ("exact", "correct", "complete")})
+    report = {**scores, "images": len(chosen), "split": args.split, "beam_size": args.beam_size,
+              "export": str(folder)}
+    # Beside the export (in the run folder), never inside it.
+    out = folder.parent / f"scores-{args.split}-beam{args.beam_size}.json"
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(partial, out)
+    print(f"evaluate: {len(chosen)} {args.split} images, beam {args.beam_size}")
+    print("  ".join(f"{name} {value:.3f}" for name, value in scores.items()))
+    print(f"scores written to {out}")
+
+
+def _add_caption_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "caption",
+        help="caption image files with an exported captioner",
+        description="Print one caption per image (JPEG or PNG, any size).",
+    )
+    parser.add_argument("--model", type=pathlib.Path, required=True,
+                        help="run folder of `train` (or an export folder)")
+    parser.add_argument("images", nargs="+", type=pathlib.Path, metavar="IMAGE")
+    parser.add_argument("--beam-size", type=_positive_int, default=1,
+                        help="1: greedy decoding (default), more: beam search")
+    parser.add_argument("--attention-out", type=pathlib.Path, default=None, metavar="DIR",
+                        help="also save a per-word attention figure (PNG) per image here")
+    parser.set_defaults(run=_run_caption)
+
+
+def _run_caption(args: argparse.Namespace) -> None:
+    from .export import check_export, load_images
+
+    _quiet_tensorflow()
+    folder, metadata, _ = check_export(args.model)
+    pixels = load_images(args.images, metadata["image_size"])  # bad files fail before TensorFlow
+    if args.attention_out is not None:
+        if args.attention_out.exists() and not args.attention_out.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(args.attention_out))
+
+    from .export import load_captioner
+    from .train import caption_images
+
+    loaded = load_captioner(folder)
+    captions, attention = caption_images(loaded.model, pixels, loaded.vocabulary,
+                                         loaded.max_length, beam_size=args.beam_size)
+    for path, text in zip(args.images, captions):
+        print(f"{path}: {text or '(no words)'}")
+    if args.attention_out is not None:
+        written = _save_attention(args.attention_out, args.images, pixels, captions, attention,
+                                  loaded.max_length)
+        print(f"attention figures: {len(written)} in {args.attention_out}")
+
+
+def _save_attention(folder: pathlib.Path, paths, pixels, captions, attention, max_length: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .viz import show_attention
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stems = [path.stem for path in paths]
+    written = []
+    for index, (path, text) in enumerate(zip(paths, captions)):
+        words = (text.split() + ["<end>"])[:max_length]
+        name = path.stem if stems.count(path.stem) == 1 else f"{index:03d}-{path.stem}"
+        target = folder / f"{name}.attention.png"
+        figure = show_attention(pixels[index], words, attention[index][: len(words)])
+        figure.suptitle(text, fontsize=10)
+        figure.savefig(target)
+        plt.close(figure)
+        written.append(target)
+    return written
+
+
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_shapes_command, _add_train_command, _add_evaluate_command, _add_caption_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was left behind", file=sys.stderr)
+        note = getattr(args, "interrupted", "nothing was left behind")
+        print(f"error: interrupted; {note}", file=sys.stderr)
         return 130
     return 0
 
