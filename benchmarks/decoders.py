@@ -1,0 +1,78 @@
+"""Soft attention vs Show and Tell vs hard attention on Shapes, trained alike.
+
+    python -m benchmarks.decoders [--profile cpu] [--out benchmarks/results/decoders-cpu.json]
+
+Each decoder is trained with the profile's settings (train.fit, best epoch by validation exact
+rate), then greedy captions of the test and test_novel splits are scored. Results go to a JSON file
+with the machine, the versions and the date.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import time
+
+import utils
+from utils import datasets, evaluation, metrics, train
+from utils.model import Captioner
+
+DECODERS = ("soft", "show_and_tell", "hard")
+
+
+def build(profile, vocab_size: int, decoder: str) -> Captioner:
+    return Captioner(vocab_size, filters=profile.cnn_filters, embed_dim=profile.embed_dim,
+                     units=profile.units, attention_units=profile.attention_units,
+                     dropout=profile.dropout, jit_decoder=profile.jit_compile, decoder=decoder)
+
+
+def score(model, split, vocabulary, max_words: int) -> dict:
+    captions, attention = train.caption_images(model, split.pixels, vocabulary, max_words)
+    references = dict(enumerate(split.references))
+    result = metrics.evaluate_captions(references, dict(enumerate(captions)),
+                                       metrics=["Bleu", "ROUGE_L", "CIDEr"])
+    rates = evaluation.caption_rates(captions, split.scenes)
+    result.update(exact=rates["all"]["exact"], correct=rates["all"]["correct"],
+                  complete=rates["all"]["complete"], by_scene=rates,
+                  grounding=evaluation.attention_grounding(captions, attention, split.scenes))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS)
+    parser.add_argument("--out", type=pathlib.Path)
+    args = parser.parse_args()
+    profile = utils.setup(args.profile)
+    out = args.out or pathlib.Path(f"benchmarks/results/decoders-{profile.name}.json")
+    vocabulary, splits = train.prepare_shapes(profile)
+    max_words = profile.max_caption_tokens + 1
+    results = {}
+    for decoder in args.decoders:
+        utils.setup(args.profile)  # the same seed for every decoder
+        model = build(profile, len(vocabulary), decoder)
+        run_dir = datasets.data_root() / "runs" / f"bench-{decoder}-{profile.name}"
+        started = time.perf_counter()
+        train.fit(model, splits["train"], splits["val"], vocabulary, profile, run_dir, verbose=2)
+        minutes = (time.perf_counter() - started) / 60
+        results[decoder] = {"training_minutes": round(minutes, 2),
+                            **{name: score(model, splits[name], vocabulary, max_words)
+                               for name in ("test", "test_novel")}}
+        print(decoder, json.dumps({k: results[decoder]["test"][k]
+                                   for k in ("Bleu_4", "CIDEr", "exact")}), f"{minutes:.1f} min")
+    import tensorflow as tf
+    report = {"benchmark": "decoders", "profile": profile.name, "results": results,
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "python": platform.python_version(), "tensorflow": tf.__version__},
+              "date": datetime.date.today().isoformat()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
