@@ -88,11 +88,10 @@ def score_captions(captions: list[str], split: EncodedSplit, count: int | None =
     bleu = metrics.corpus_bleu(references, {i: captions[i] for i in range(count)})
     scores = {f"bleu{n + 1}": value for n, value in enumerate(bleu)}
     if split.scenes is not None:
-        from .shapes import check_caption
+        from .evaluation import caption_rates
 
-        checks = [check_caption(captions[i], split.scenes[i]) for i in range(count)]
-        scores["exact"] = float(np.mean([c.exact for c in checks]))
-        scores["correct"] = float(np.mean([c.correct for c in checks]))
+        rates = caption_rates(captions[:count], split.scenes[:count])["all"]
+        scores.update(exact=rates["exact"], correct=rates["correct"])
     return scores
 
 
