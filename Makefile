@@ -25,10 +25,12 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 # Programs from Debian that the tests and the site need: npm fetches the offline MathJax, Java
-# runs the METEOR jar and the PTB tokenizer of the COCO caption toolkit.
+# runs the METEOR jar and the PTB tokenizer of the COCO caption toolkit, headless Chromium opens
+# the built pages in tests/test_site.py.
 system-deps:
 	@missing=""; command -v npm >/dev/null || missing="$$missing npm"; \
 	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing from Debian:$$missing"; \

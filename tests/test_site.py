@@ -1,0 +1,229 @@
+"""The published book as a reader's browser shows it, and its glossary.
+
+The site is built once per session with ``book/build.sh`` (or the build that
+``tests/test_book.py::test_site_builds_with_local_mathjax`` made earlier in the same session is
+reused), then every page of the table of contents is opened once in headless Chromium
+(``book/browser_check.py`` holds the checks). ``BOOK_SKIP_SITE=1`` skips everything that needs
+the build; without Chromium (Debian's ``chromium`` package, installed by ``make system-deps``)
+the browser tests skip and say so.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("bs4", reason="beautifulsoup4 (a dependency of nbconvert) is not installed")
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK_DIR = ROOT / "book"
+SITE_DIR = BOOK_DIR / "_build" / "html"
+LOCAL_MATHJAX = BOOK_DIR / "_mathjax" / "mathjax" / "tex-mml-chtml.js"
+GLOSSARY = BOOK_DIR / "glossary.md"
+
+# Collection imports this module before any test of the session runs: a site written after
+# this moment was built by this session.
+SESSION_START = time.time()
+
+_spec = importlib.util.spec_from_file_location("browser_check", BOOK_DIR / "browser_check.py")
+browser_check = importlib.util.module_from_spec(_spec)
+sys.modules["browser_check"] = browser_check  # its dataclass looks itself up there
+_spec.loader.exec_module(browser_check)
+
+SKIP_SITE = os.environ.get("BOOK_SKIP_SITE") == "1"
+CHROMIUM = browser_check.find_chromium()
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="chromium not found: install Debian's `chromium` package (`make system-deps` does) "
+           "to check the rendered pages",
+)
+
+#: Terms the chapters rely on; each must have an entry in the glossary.
+REQUIRED_TERMS = (
+    "encoder", "decoder", "attention", "soft attention", "hard attention", "additive attention",
+    "dot-product attention", "context vector", "teacher forcing", "beam search",
+    "greedy decoding", "BLEU", "METEOR", "ROUGE-L", "CIDEr-D", "vocabulary", "padding mask",
+    "embedding", "forget gate", "input gate", "output gate", "LSTM", "cross-entropy", "Adam",
+    "backpropagation", "feature map", "backbone", "fine-tuning", "mixed precision",
+)
+
+
+def _sources() -> list[Path]:
+    """What the site is built from: a build older than any of these is stale."""
+    return [*BOOK_DIR.glob("*.md"), *BOOK_DIR.glob("*.yml"), *BOOK_DIR.glob("*.bib"),
+            *(ROOT / "chapters").glob("*.ipynb"), *(ROOT / "chapters" / "figures").glob("*")]
+
+
+def _built_in_this_session() -> bool:
+    pages = [SITE_DIR / name for name in browser_check.toc_pages(SITE_DIR)]
+    if not all(page.exists() for page in pages):
+        return False
+    built = min(page.stat().st_mtime for page in pages)
+    return built >= SESSION_START and all(s.stat().st_mtime <= built for s in _sources())
+
+
+@pytest.fixture(scope="module")
+def site() -> Path:
+    """The built HTML book: reused if this session already built it from the current sources."""
+    if SKIP_SITE:
+        pytest.skip("BOOK_SKIP_SITE=1")
+    if shutil.which("npm") is None and not LOCAL_MATHJAX.exists():
+        pytest.skip("npm is not installed and book/_mathjax/ is missing: cannot ship MathJax")
+    if not _built_in_this_session():
+        result = subprocess.run(
+            ["bash", str(BOOK_DIR / "build.sh")], cwd=ROOT, capture_output=True, text=True,
+            env={**os.environ, "PYTHON": sys.executable}, timeout=600,
+        )
+        log = re.sub(r"\x1b\[[0-9;]*m", "", f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        assert result.returncode == 0, f"book/build.sh failed:\n{log}"
+    return SITE_DIR
+
+
+@pytest.fixture(scope="module")
+def rendered(site: Path) -> dict:
+    """Every built page of the table of contents, opened once in Chromium; the intro and the
+    chapter richest in formulas and images are also saved to book/_build/screenshots/."""
+    if CHROMIUM is None:
+        pytest.skip("chromium not found")
+    names = [name for name in browser_check.toc_pages(site) if (site / name).exists()]
+    screenshots = browser_check.screenshot_targets(names, site)
+    return browser_check.render_all(CHROMIUM, site, names, screenshots)
+
+
+def _report(problems: list[str]) -> str:
+    return f"{len(problems)} problem(s):\n" + "\n".join(problems[:40])
+
+
+# -- the glossary (no build needed) -------------------------------------------------------------
+
+def glossary_entries() -> list[tuple[list[str], str]]:
+    """(names, definition) of every entry of the ```{glossary} block in book/glossary.md."""
+    text = GLOSSARY.read_text(encoding="utf-8")
+    block = re.search(r"^```\{glossary\}\n(.*?)^```$", text, flags=re.M | re.S)
+    assert block, "book/glossary.md has no ```{glossary} block"
+    entries: list[tuple[list[str], str]] = []
+    names: list[str] = []
+    for line in block.group(1).splitlines():
+        if not line.strip() or line.startswith(":"):
+            continue
+        if line.startswith((" ", "\t")):
+            if names:  # the first line of a definition closes the list of names
+                entries.append((names, ""))
+                names = []
+            entries[-1] = (entries[-1][0], f"{entries[-1][1]} {line.strip()}".strip())
+        else:
+            names.append(line.strip())
+    assert not names, f"glossary names without a definition: {names}"
+    return entries
+
+
+def test_glossary_has_english_and_chinese_names_and_a_definition():
+    entries = glossary_entries()
+    assert len(entries) >= 40, f"only {len(entries)} glossary entries"
+    for names, definition in entries:
+        assert len(names) == 2, f"expected an English and a Chinese name, got {names}"
+        english, chinese = names
+        assert not re.search(r"[\u4e00-\u9fff]", english), f"{english!r} is not English"
+        assert re.search(r"[\u4e00-\u9fff]", chinese), f"{english}: {chinese!r} has no Chinese"
+        assert len(definition.split()) >= 8, f"{english}: definition too short: {definition!r}"
+    english_names = [names[0].lower() for names, _ in entries]
+    assert len(set(english_names)) == len(english_names), "a term is defined twice"
+    missing = [term for term in REQUIRED_TERMS if term.lower() not in english_names]
+    assert not missing, f"missing from the glossary: {missing}"
+
+
+def test_glossary_is_in_the_toc_before_the_bibliography():
+    toc = yaml.safe_load((BOOK_DIR / "_toc.yml").read_text(encoding="utf-8"))
+    files = [entry.get("file") for entry in toc["chapters"]]
+    assert "book/glossary" in files, "book/_toc.yml does not list book/glossary"
+    assert files.index("book/glossary") + 1 == files.index("book/bibliography"), files
+
+
+# -- the checks themselves, on a deliberately broken page ----------------------------------------
+
+@pytest.mark.skipif(SKIP_SITE, reason="BOOK_SKIP_SITE=1")
+@needs_chromium
+def test_the_checks_catch_a_broken_page(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (4, 3), "red").save(tmp_path / "good.png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (tmp_path / "page.html").write_text(
+        '<html><head><title>t</title></head><body><main id="main">'
+        '<h2 id="here">Here</h2><p>Raw $$x^2$$ and <span class="math">\\(a+b\\)</span>.</p>'
+        '<img src="good.png"><img src="missing.png"><img src="corrupt.png">'
+        '<img src="https://example.org/badge.svg"><img src="data:image/png;base64,AAAA">'
+        '<a href="#here">ok</a><a href="page.html#nowhere">bad anchor</a>'
+        '<a href="other.html">missing page</a><a href="https://example.org">remote</a>'
+        '<div class="cell_output docutils container"><div class="output stream">'
+        'ValueError: a message the chapter printed on purpose</div>'
+        '<div class="output traceback highlight-ipythontb">'
+        '<pre>Traceback (most recent call last):\nZeroDivisionError</pre></div></div>'
+        "</main></body></html>",
+        encoding="utf-8",
+    )
+    page = browser_check.render(CHROMIUM, tmp_path, "page.html")
+    assert page.report is not None, "the probe script did not report"
+
+    math = browser_check.math_problems(page)
+    assert any("did not typeset" in p for p in math), math
+    assert any("formula not typeset" in p and "a+b" in p for p in math), math
+    assert any("raw TeX" in p and "$$x^2$$" in p for p in math), math
+
+    images = browser_check.image_problems(page, tmp_path)
+    flagged = sorted(re.findall(r"src='([^']+)'", " ".join(images)))
+    assert flagged == ["corrupt.png", "data:image/png;base64,AAAA", "missing.png"], images
+
+    links = browser_check.link_problems(tmp_path)
+    assert len(links) == 3, links  # missing.png, page.html#nowhere, other.html
+    assert not any("#here" in p or "good.png" in p or "example.org" in p for p in links), links
+
+    outputs = browser_check.output_problems(page)
+    assert len(outputs) == 1 and "Traceback" in outputs[0], outputs
+
+
+# -- the built site -------------------------------------------------------------------------------
+
+def test_every_page_of_the_toc_is_built(site):
+    missing = [name for name in browser_check.toc_pages(site) if not (site / name).exists()]
+    assert not missing, f"pages in book/_toc.yml that were not built: {missing}"
+
+
+def test_relative_links_lead_to_files_and_anchors_of_the_build(site):
+    problems = browser_check.link_problems(site)
+    assert not problems, _report(problems)
+
+
+@needs_chromium
+def test_math_is_typeset_by_the_local_mathjax(rendered):
+    problems = [p for page in rendered.values() for p in browser_check.math_problems(page)]
+    assert not problems, _report(problems)
+    with_math = [name for name, page in rendered.items() if "<mjx-container" in page.dom]
+    assert with_math, "no page of the book has a typeset formula"
+
+
+@needs_chromium
+def test_every_local_image_loads(rendered, site):
+    problems = [p for page in rendered.values() for p in browser_check.image_problems(page, site)]
+    assert not problems, _report(problems)
+
+
+@needs_chromium
+def test_no_output_cell_shows_an_error(rendered):
+    problems = [p for page in rendered.values() for p in browser_check.output_problems(page)]
+    assert not problems, _report(problems)
+
+
+@needs_chromium
+def test_screenshots_are_kept(rendered, site):
+    names = list(rendered)
+    for path in browser_check.screenshot_targets(names, site).values():
+        assert path.exists() and path.stat().st_size > 10_000, f"{path} is missing or empty"
