@@ -3,8 +3,11 @@
     python -m benchmarks.decoders [--profile cpu] [--out benchmarks/results/decoders-cpu.json]
 
 Each decoder is trained with the profile's settings (train.fit, best epoch by validation exact
-rate), then greedy captions of the test and test_novel splits are scored. Results go to a JSON file
-with the machine, the versions and the date.
+rate), then greedy captions of the test and test_novel splits are scored, and the model is asked
+which of a true relation caption and its mirror image ("left of" <-> "right of") is more likely
+(train.relation_preference). Results go to a JSON file with the machine, the versions and the date.
+``--reuse`` scores the runs a previous invocation finished instead of training them again (their
+training time is taken from the previous results file).
 """
 from __future__ import annotations
 
@@ -41,11 +44,21 @@ def score(model, split, vocabulary, max_words: int) -> dict:
     return result
 
 
+def _previous_minutes(path: pathlib.Path, decoder: str) -> float | None:
+    """The training time a previous results file recorded for ``decoder``, if any."""
+    try:
+        return json.loads(path.read_text())["results"][decoder]["training_minutes"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS)
     parser.add_argument("--out", type=pathlib.Path)
+    parser.add_argument("--reuse", action="store_true",
+                        help="score finished runs again instead of retraining them")
     args = parser.parse_args()
     profile = utils.setup(args.profile)
     out = args.out or pathlib.Path(f"benchmarks/results/decoders-{profile.name}.json")
@@ -56,9 +69,16 @@ def main() -> None:
         utils.setup(args.profile)  # the same seed for every decoder
         model = build(profile, len(vocabulary), decoder)
         run_dir = datasets.data_root() / "runs" / f"bench-{decoder}-{profile.name}"
-        started = time.perf_counter()
-        train.fit(model, splits["train"], splits["val"], vocabulary, profile, run_dir, verbose=2)
-        minutes = (time.perf_counter() - started) / 60
+        previous = _previous_minutes(out, decoder) if args.reuse else None
+        if previous is not None and (run_dir / train.RUN_INFO).exists():
+            model((splits["train"].pixels[:1], splits["train"].captions[:1, 0, :-1]))
+            model.load_weights(run_dir / "best.weights.h5")
+            minutes = previous
+        else:
+            started = time.perf_counter()
+            train.fit(model, splits["train"], splits["val"], vocabulary, profile, run_dir,
+                      verbose=2)
+            minutes = (time.perf_counter() - started) / 60
         results[decoder] = {"training_minutes": round(minutes, 2),
                             **{name: score(model, splits[name], vocabulary, max_words)
                                for name in ("test", "test_novel")}}

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from utils.evaluation import attention_grounding, caption_rates
+from utils.evaluation import attention_grounding, caption_rates, relation_pairs
 
 SCENE = {"image_size": 64, "objects": [
     {"shape": "circle", "colour": "red", "size": "small", "bbox": [2, 2, 15, 15]},
@@ -39,3 +39,13 @@ def test_caption_rates_by_group():
                                  "exact": 0.5}
     assert rates["with relation"]["count"] == 1 and rates["with relation"]["exact"] == 1.0
     assert "3 objects" not in rates
+
+
+def test_relation_pairs_mirror_true_relations_only():
+    references = [["a red circle left of a blue square", "a blue square to the right of a red circle",
+                   "a red circle and a blue square", "a red circle right of a blue square"]]
+    pairs = relation_pairs(references, [SCENE])
+    assert pairs == [
+        (0, "a red circle left of a blue square", "a red circle right of a blue square"),
+        (0, "a blue square to the right of a red circle", "a blue square to the left of a red circle"),
+    ]  # the caption without a relation and the false one are skipped

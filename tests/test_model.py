@@ -188,7 +188,7 @@ def test_label_smoothing_penalises_certainty_and_skips_padding():
 
 def test_hard_attention_samples_regions_and_moves_its_baseline():
     keras.utils.set_random_seed(5)
-    model = tiny_captioner(decoder="hard")
+    model = tiny_captioner(decoder="hard", hard_expected_rate=0.0)
     images, captions = tiny_batch()
     model((images, captions[:, :-1]))
     regions = model.encoder(images)
@@ -213,6 +213,24 @@ def test_hard_attention_samples_regions_and_moves_its_baseline():
     assert 0.2 * reward < baseline < 0.0  # b <- 0.9 * 0 + 0.1 * reward, reward drawn anew
     model.decoder.update_baseline(tf.fill([4], baseline - 10.0))
     assert float(model.decoder.reward_baseline) == pytest.approx(baseline - 1.0, rel=1e-5)
+
+
+def test_hard_attention_uses_the_expected_context_at_its_rate():
+    images, captions = tiny_batch()
+    outputs = {}
+    for rate in (0.5, 1.0):
+        keras.utils.set_random_seed(5)
+        model = tiny_captioner(decoder="hard", hard_expected_rate=rate)
+        model((images, captions[:, :-1]))
+        regions = model.encoder(images)
+        outputs[rate] = model.decoder.teacher_force(regions, captions[:, :-1], training=True)
+        expected = model.decoder.teacher_force(regions, captions[:, :-1])
+    # always the expected context: the soft model's logits, and no REINFORCE signal at all
+    np.testing.assert_allclose(outputs[1.0].logits, expected.logits, rtol=1e-5, atol=1e-6)
+    assert (outputs[1.0].glimpses.log_prob.numpy() == 0).all()
+    # half the time: some steps sampled (log alpha < 0), some expected (0)
+    log_prob = outputs[0.5].glimpses.log_prob.numpy()
+    assert (log_prob == 0).any() and (log_prob < 0).any()
 
 
 def test_hard_attention_training_repeats_with_the_same_seed():
@@ -278,3 +296,73 @@ def test_settings_that_would_do_nothing_are_refused():
         with pytest.raises(ValueError):
             tiny_captioner(**settings)
     assert isinstance(tiny_captioner(decoder="hard").decoder, HardAttentionDecoder)
+
+
+def test_feature_encoder_trains_on_cached_features():
+    """encoder="features": float16 backbone features [B, R, C] in, captions out."""
+    keras.utils.set_random_seed(3)
+    model = tiny_captioner(encoder="features", region_dim=16)
+    _, captions = tiny_batch()
+    features = tf.constant(np.random.default_rng(0).normal(size=(4, 49, 40)), tf.float16)
+    logits, weights = model((features, captions[:, :-1]))
+    assert logits.shape == (4, 4, 12) and weights.shape == (4, 4, 49)
+    ids, _ = model.greedy(features, 5)
+    assert ids.shape == (4, 5)
+    model.compile(optimizer=model.make_optimizer(1e-2), run_eagerly=True)
+    losses = model.fit(features, captions, batch_size=4, epochs=10, verbose=0).history["loss"]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize("factor", [0.0, 1.0])
+def test_fine_tuned_backbone_learns_at_its_own_rate(factor):
+    """A backbone inside the model: its trainable layers move with the decoder, scaled by
+    backbone_learning_rate_factor (0: frozen in place, 1: the decoder's rate)."""
+    keras.utils.set_random_seed(4)
+    model = tiny_captioner(encoder="backbone", backbone="shapes_cnn", backbone_weights=None,
+                           trainable_layers=1, backbone_learning_rate_factor=factor)
+    images, captions = tiny_batch()
+    model((images, captions[:, :-1]))
+    backbone = model.encoder.backbone_variables()
+    assert backbone, "the last layer of the backbone should be trainable"
+    before = [v.numpy().copy() for v in backbone]
+    projection = model.encoder.project.kernel.numpy().copy()
+    model.compile(optimizer=model.make_optimizer(1e-2))
+    model.fit(images, captions, batch_size=4, epochs=2, verbose=0)
+    moved = [not np.allclose(a, v.numpy()) for a, v in zip(before, backbone)]
+    assert any(moved) == (factor > 0)
+    assert not np.allclose(projection, model.encoder.project.kernel.numpy())
+
+
+def test_frozen_backbone_has_no_trainable_variables():
+    model = tiny_captioner(encoder="backbone", backbone="shapes_cnn", backbone_weights=None)
+    images, captions = tiny_batch()
+    model((images, captions[:, :-1]))
+    assert model.encoder.backbone_variables() == []
+    assert type(model.make_optimizer(1e-3)).__name__ == "Adam"
+
+
+@pytest.fixture
+def mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("settings", DECODER_SETTINGS.values(), ids=DECODER_SETTINGS.keys())
+def test_mixed_precision_trains_with_float32_logits_and_loss_scaling(mixed_precision, settings):
+    """mixed_float16 (the gpu profile): float16 activations, float32 logits and attention, and
+    the optimizer wrapped in a LossScaleOptimizer by compile; training and searches still work."""
+    from utils.decoding import decode_images
+
+    keras.utils.set_random_seed(5)
+    model = tiny_captioner(**settings)
+    images, captions = tiny_batch()
+    logits, weights = model((images, captions[:, :-1]))
+    assert logits.dtype == tf.float32 and weights.dtype == tf.float32
+    assert model.encoder(images).dtype == tf.float16
+    model.compile(optimizer=model.make_optimizer(1e-2))
+    assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+    losses = model.fit(images, captions, batch_size=4, epochs=12, verbose=0).history["loss"]
+    assert np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0]
+    result = decode_images(model, images, max_length=5, beam_size=3)
+    assert result.sequences.shape == (4, 3, 5)

@@ -1,4 +1,6 @@
 """Training plumbing on a tiny Shapes set: pipeline, scoring, best-epoch saving, resume."""
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,57 @@ def test_a_finished_run_is_loaded_and_a_mismatched_one_is_not(tiny, tmp_path):
     np.testing.assert_array_equal(loaded.greedy(pixels, 6)[0].numpy(), model.greedy(pixels, 6)[0].numpy())
     assert train.load_finished_run(tmp_path / "run", profile.replace(units=8), vocab) is None
     assert train.load_finished_run(tmp_path / "nothing", profile, vocab) is None
+
+
+class _StubModel:
+    """Just enough of a model for CaptionScore: it records saves and stop requests."""
+
+    def __init__(self):
+        self.saved, self.stop_training = 0, False
+
+    def save_weights(self, path):
+        self.saved += 1
+        pathlib.Path(path).write_bytes(b"weights")
+
+
+def test_caption_score_logs_cider_and_stops_early_across_a_resume(tiny, tmp_path, monkeypatch):
+    encoded, vocab, _ = tiny
+    val = encoded["val"]
+    right = [refs[0] for refs in val.references]
+    wrong = ["a small purple star"] * len(val)
+    epochs = iter([right, wrong, wrong, wrong])
+    monkeypatch.setattr(train, "caption_images", lambda *args, **kwargs: (next(epochs), None))
+
+    def callback():
+        score = train.CaptionScore(val, vocab, 6, len(val), tmp_path / "best.weights.h5",
+                                   patience=2)
+        score.set_model(model)
+        return score
+
+    model = _StubModel()
+    first = callback()
+    logs = {}
+    first.on_epoch_end(0, logs)
+    assert logs["val_exact"] == 1.0 and logs["val_cider"] > 1.0 and model.saved == 1
+    first.on_epoch_end(1, logs)
+    assert logs["val_exact"] < 1.0 and not model.stop_training
+    # the run is killed here; the restarted one remembers the best epoch and stops on time
+    second = callback()
+    assert (second.best, second.best_epoch) == (1.0, 1)
+    second.on_epoch_end(2, logs)
+    assert model.stop_training and second.stopped_epoch == 3 and model.saved == 1
+
+
+def test_log_likelihood_and_relation_preference(tiny):
+    encoded, vocab, profile = tiny
+    model = _model(vocab, profile)
+    test = encoded["train"]  # 40 images: the only split with many two-object scenes
+    captions = test.captions[:4, 0]
+    logits, _ = model((test.pixels[:4], captions[:, :-1]))
+    log_probs = tf.nn.log_softmax(logits).numpy()
+    targets = captions[:, 1:]
+    expected = [sum(log_probs[i, t, targets[i, t]] for t in range(targets.shape[1]) if targets[i, t])
+                for i in range(4)]
+    np.testing.assert_allclose(model.log_likelihood(test.pixels[:4], captions), expected, rtol=1e-5)
+    result = train.relation_preference(model, test, vocab)
+    assert result["pairs"] > 0 and 0.0 <= result["preference"] <= 1.0

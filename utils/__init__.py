@@ -61,6 +61,20 @@ def version_warnings(installed: dict[str, str]) -> list[str]:
     return lines
 
 
+def set_precision(mixed: bool) -> str:
+    """Set Keras' global dtype policy: ``"mixed_float16"`` when ``mixed`` and a GPU is visible,
+    else ``"float32"`` (a CPU computes float16 slower than float32). Returns the policy's name.
+
+    Call it before building a model: layers take the policy that is active when they are made.
+    """
+    import keras
+    import tensorflow as tf
+
+    policy = "mixed_float16" if mixed and tf.config.list_physical_devices("GPU") else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
 def setup(profile: str | None = None, seed: int = 42, deterministic: bool = True):
     """Prepare a chapter: seed everything, make TensorFlow deterministic, print versions.
 
@@ -96,6 +110,9 @@ def setup(profile: str | None = None, seed: int = 42, deterministic: bool = True
         f" | devices: {devices}"
     )
     print(f"profile: {active.name} | dataset: {active.dataset} | seed: {seed}")
+    precision = set_precision(active.mixed_precision)
+    if precision != "float32":
+        print(f"precision: {precision} (float16 arithmetic, float32 weights and losses)")
     for line in version_warnings({"tensorflow": tf.__version__, "keras": keras.__version__}):
         print("warning:", line)
     if on_colab():

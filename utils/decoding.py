@@ -333,7 +333,7 @@ def captioner_initial_state(model, images: tf.Tensor) -> dict:
     ``{"decoder": (h, c, projected_keys, regions), "attention": zeros [B, R]}``."""
     regions = model.encoder(images, training=False)
     return {"decoder": model.decoder.initial_state(regions),
-            ATTENTION: tf.zeros_like(regions[:, :, 0])}
+            ATTENTION: tf.zeros_like(regions[:, :, 0], "float32")}
 
 
 def captioner_step_fn(model) -> StepFn:

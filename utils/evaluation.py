@@ -12,6 +12,7 @@ import numpy as np
 from . import shapes
 
 RELATION_WORDS = frozenset({"left", "right", "above", "below"})
+OPPOSITE_WORDS = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 
 def caption_rates(captions: Sequence[str], scenes: Sequence[dict]) -> dict[str, dict[str, float]]:
@@ -76,3 +77,26 @@ def _cell_boxes(regions: int, image_size: int) -> list[tuple[float, float, float
 
 def _overlap(cell: Sequence[float], box: Sequence[float]) -> bool:
     return cell[0] < box[2] and box[0] < cell[2] and cell[1] < box[3] and box[1] < cell[3]
+
+
+def relation_pairs(split_references: Sequence[Sequence[str]], scenes: Sequence[dict]
+                   ) -> list[tuple[int, str, str]]:
+    """True captions that state a spatial relation, each beside its mirror image.
+
+    For every reference that states a relation ("a red circle left of a blue square") and is
+    true of its scene, the relation words are swapped for their opposites ("... right of ...").
+    The swapped caption names the same objects with the same words, and is false: only a model
+    that knows *where* the objects are can tell the two apart. Returns
+    ``[(image index, true caption, swapped caption)]``.
+    """
+    pairs = []
+    for index, (references, scene) in enumerate(zip(split_references, scenes, strict=True)):
+        for caption in references:
+            words = shapes.tokenize(caption)
+            if not RELATION_WORDS & set(words):
+                continue
+            swapped = " ".join(OPPOSITE_WORDS.get(word, word) for word in words)
+            if shapes.check_caption(caption, scene).correct and \
+                    not shapes.check_caption(swapped, scene).correct:
+                pairs.append((index, " ".join(words), swapped))
+    return pairs

@@ -25,6 +25,7 @@ import tensorflow as tf
 from keras import layers
 
 DECODERS = ("soft", "show_and_tell", "hard")
+ENCODERS = ("cnn", "features", "backbone")
 SCORINGS = ("additive", "dot")
 #: The REINFORCE baseline follows the mean reward as ``b <- DECAY * b + (1 - DECAY) * reward``.
 BASELINE_DECAY = 0.9
@@ -77,10 +78,134 @@ class RegionEncoder(keras.layers.Layer):
         for layer in self.convs:
             x = layer(x, training=training)
         regions = tf.reshape(x, [-1, self.grid[0] * self.grid[1], x.shape[-1]])
-        return self.project(regions) + self.position
+        return self.project(regions) + tf.cast(self.position, self.compute_dtype)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "dim": self.dim}
+
+
+class _PositionedRegions(keras.layers.Layer):
+    """What the two backbone encoders share: a ReLU projection of ``[B, R, C]`` backbone
+    features to ``[B, R, dim]``, dropout, and a learned position embedding per region (a
+    backbone's features say *what* is in a cell much more clearly than *where* the cell is)."""
+
+    def __init__(self, dim: int, dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.dropout_rate = dim, dropout
+        self.project = layers.Dense(dim, activation="relu")
+        self.dropout = layers.Dropout(dropout)
+
+    def _add_position(self, regions_count: int) -> None:
+        self.position = self.add_weight(shape=(regions_count, self.dim), initializer="zeros",
+                                        name="position")
+
+    def _positioned(self, features, training):
+        regions = self.dropout(self.project(features), training=training)
+        return regions + tf.cast(self.position, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "dropout": self.dropout_rate}
+
+
+@serializable
+class FeatureEncoder(_PositionedRegions):
+    """Features cached ahead of training (:class:`utils.features.FeatureCache`), ``float[B, R, C]``
+    (float16 on disk), -> ``[B, R, dim]``. The backbone never runs while training, which is what
+    makes an ImageNet backbone affordable: InceptionV3 costs far more than the whole decoder."""
+
+    def build(self, input_shape):
+        self._add_position(input_shape[1])
+        super().build(input_shape)
+
+    def call(self, features, training=False):
+        return self._positioned(tf.cast(features, self.compute_dtype), training)
+
+
+@serializable
+class BackboneEncoder(_PositionedRegions):
+    """A backbone from :mod:`utils.features` run inside the captioner, so its last
+    ``trainable_layers`` layers can be fine-tuned with the decoder: ``uint8[B, S, S, 3]`` ->
+    ``[B, R, dim]``.
+
+    Batch normalisation inside the backbone always runs in inference mode: its statistics were
+    estimated on ImageNet, and re-estimating them from small captioning batches hurts. Train the
+    fine-tuned layers at a lower learning rate than the decoder (``backbone_learning_rate_factor``
+    of :class:`Captioner`): they start from good values that a full-size step would wreck.
+    ``weights`` is what the backbone starts from (``"imagenet"``, ``None``, a file); a saved
+    captioner holds the backbone's weights itself, so it is reloaded with ``weights=None``.
+    """
+
+    def __init__(self, backbone: str, dim: int, dropout: float = 0.0,
+                 trainable_layers: int = 0, weights: str | None = "imagenet", **kwargs):
+        super().__init__(dim, dropout, **kwargs)
+        from .features import build_backbone, get_backbone  # features imports this module
+
+        self.backbone_name, self.trainable_layers = backbone, trainable_layers
+        self.grid = get_backbone(backbone).grid
+        self.backbone = build_backbone(backbone, weights)
+        self.backbone.trainable = trainable_layers > 0
+        inner = [layer for layer in self.backbone.layers if layer.weights]
+        for index, layer in enumerate(inner):
+            layer.trainable = index >= len(inner) - trainable_layers
+
+    def build(self, input_shape):
+        self._add_position(self.grid[0] * self.grid[1])
+        super().build(input_shape)
+
+    def backbone_variables(self) -> list:
+        """The backbone's trainable variables: those the lower learning rate applies to."""
+        return list(self.backbone.trainable_variables)
+
+    def call(self, images, training=False):
+        features = self.backbone(images, training=False)  # BatchNorm in inference mode
+        return self._positioned(features, training)
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": self.backbone_name,
+                "trainable_layers": self.trainable_layers, "weights": None}
+
+
+@serializable
+class FineTuningAdam(keras.optimizers.Adam):
+    """Adam with a second, lower learning rate for some variables (a fine-tuned backbone).
+
+    Scaling those variables' gradients would not do it: Adam divides each gradient by its own
+    running size, so the step length is set by the learning rate alone. ``slow_factor``
+    multiplies the learning rate of the variables given to :meth:`set_slow_variables`.
+    """
+
+    def __init__(self, learning_rate=1e-3, slow_factor: float = 0.1, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.slow_factor = slow_factor
+        self._slow_keys: set = set()
+
+    def set_slow_variables(self, variables) -> None:
+        # _var_key names a variable the same way whether update_step is handed the Keras
+        # variable, its TensorFlow variable, or one replica's copy under a strategy.
+        self._slow_keys = {self._var_key(variable) for variable in variables}
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._var_key(variable) in self._slow_keys:
+            learning_rate = learning_rate * self.slow_factor
+        return super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "slow_factor": self.slow_factor}
+
+
+def make_encoder(kind: str, *, filters, dim: int, dropout: float = 0.0, backbone: str | None = None,
+                 trainable_layers: int = 0, backbone_weights: str | None = "imagenet"):
+    """The encoder ``kind``: ``"cnn"`` (the small CNN, from pixels), ``"features"`` (cached
+    backbone features) or ``"backbone"`` (a backbone run, and maybe fine-tuned, in the model)."""
+    if kind == "cnn":
+        return RegionEncoder(filters, dim=dim)
+    if kind == "features":
+        return FeatureEncoder(dim, dropout)
+    if kind == "backbone":
+        if backbone is None:
+            raise ValueError('encoder="backbone" needs backbone=NAME (see utils.features.BACKBONES)')
+        return BackboneEncoder(backbone, dim, dropout, trainable_layers, backbone_weights)
+    raise ValueError(f"encoder must be one of {ENCODERS}, got {kind!r}")
 
 
 def _replicas_in_sync() -> int:
@@ -110,10 +235,11 @@ class RegionAttention(keras.layers.Layer):
     def call(self, projected_keys, regions, query, return_scores: bool = False):
         """Return the context ``[B, D]`` and the attention weights ``[B, R]`` (and, with
         ``return_scores``, the scores ``[B, R]`` they are the softmax of)."""
-        scores = self.scores(projected_keys, query)
-        # Softmax over the last axis: that form also compiles under XLA inside loops.
+        # Scores and weights stay float32 under mixed precision: a float16 softmax over many
+        # regions loses the small weights. Softmax over the last axis also compiles under XLA.
+        scores = tf.cast(self.scores(projected_keys, query), "float32")
         weights = tf.nn.softmax(scores, axis=-1)
-        context = tf.reduce_sum(weights[:, :, None] * regions, axis=1)
+        context = tf.reduce_sum(tf.cast(weights, regions.dtype)[:, :, None] * regions, axis=1)
         return (context, weights, scores) if return_scores else (context, weights)
 
     def get_config(self):
@@ -250,7 +376,8 @@ class AttentionDecoder(CaptionDecoder):
         self.init_h = layers.Dense(units, activation="tanh")
         self.init_c = layers.Dense(units, activation="tanh")
         self.dropout = layers.Dropout(dropout)
-        self.logits = layers.Dense(vocab_size)
+        # float32 logits under mixed precision too: the softmax and the loss need the range.
+        self.logits = layers.Dense(vocab_size, dtype="float32")
         # Created last: each layer draws its initial weights in creation order, so turning the
         # gate on leaves the other layers' starting weights as they were without it.
         self.gate = layers.Dense(1, activation="sigmoid") if gate else None
@@ -292,14 +419,18 @@ class HardAttentionDecoder(AttentionDecoder):
     :class:`Captioner` adds, built from the :class:`Glimpses` this decoder returns when
     teacher-forced with ``training=True``. ``reward_baseline`` is the moving average of the
     reward that the term subtracts to lower its variance.
+
+    ``expected_rate`` is the paper's other variance cut (section 4.1): at that rate a word
+    sees the expected context instead of a sampled region, and its step adds nothing to the
+    REINFORCE term. The rest of the network then also learns from smooth, exact gradients.
     """
 
     def __init__(self, vocab_size: int, embed_dim: int, units: int, attention_units: int,
                  dropout: float = 0.0, scoring: str = "additive", gate: bool = False,
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, expected_rate: float = 0.5, **kwargs):
         super().__init__(vocab_size, embed_dim, units, attention_units, dropout, scoring, gate,
                          **kwargs)
-        self.seed = seed
+        self.seed, self.expected_rate = seed, expected_rate
         # A seeded generator: the same seed (or keras.utils.set_random_seed) repeats the draws.
         self.sampler = keras.random.SeedGenerator(seed)
 
@@ -316,9 +447,15 @@ class HardAttentionDecoder(AttentionDecoder):
             return expected_context, weights, None
         log_weights = tf.nn.log_softmax(scores, axis=-1)  # exact where softmax underflows
         index = keras.random.categorical(scores, 1, seed=self.sampler)[:, 0]
-        glimpse = Glimpses(index=index, log_prob=tf.gather(log_weights, index, batch_dims=1),
+        context = tf.gather(regions, index, batch_dims=1)
+        log_prob = tf.gather(log_weights, index, batch_dims=1)
+        if self.expected_rate:
+            expected = keras.random.uniform(tf.shape(index), seed=self.sampler) < self.expected_rate
+            context = tf.where(expected[:, None], expected_context, context)
+            log_prob = tf.where(expected, tf.zeros_like(log_prob), log_prob)
+        glimpse = Glimpses(index=index, log_prob=log_prob,
                            entropy=-tf.reduce_sum(weights * log_weights, axis=-1))
-        return tf.gather(regions, index, batch_dims=1), weights, glimpse
+        return context, weights, glimpse
 
     def update_baseline(self, reward: tf.Tensor) -> None:
         """``b <- 0.9 b + 0.1 mean(reward)`` for ``reward [B]``."""
@@ -327,7 +464,7 @@ class HardAttentionDecoder(AttentionDecoder):
             BASELINE_DECAY * self.reward_baseline + (1.0 - BASELINE_DECAY) * mean_reward)
 
     def get_config(self):
-        return {**super().get_config(), "seed": self.seed}
+        return {**super().get_config(), "seed": self.seed, "expected_rate": self.expected_rate}
 
 
 @serializable
@@ -349,12 +486,12 @@ class ShowAndTellDecoder(CaptionDecoder):
         self.init_h = layers.Dense(units, activation="tanh")
         self.init_c = layers.Dense(units, activation="tanh")
         self.dropout = layers.Dropout(dropout)
-        self.logits = layers.Dense(vocab_size)
+        self.logits = layers.Dense(vocab_size, dtype="float32")
 
     def initial_state(self, regions):
         """``(h, c, uniform weights [B, R])``, h and c from the mean region."""
         mean = tf.reduce_mean(regions, axis=1)
-        uniform = tf.ones_like(regions[:, :, 0]) / tf.cast(tf.shape(regions)[1], regions.dtype)
+        uniform = tf.ones_like(regions[:, :, 0], "float32") / tf.cast(tf.shape(regions)[1], "float32")
         return (self.init_h(mean), self.init_c(mean), uniform)
 
     def _step(self, tokens, state, training):
@@ -427,7 +564,13 @@ class Captioner(keras.Model):
     ``scoring`` (``"additive"``/``"dot"``) and ``gate`` shape the attention of soft and hard.
     ``attention_regularization`` is the weight lambda of :func:`doubly_stochastic_penalty`,
     ``label_smoothing`` the eps of :func:`token_cross_entropy`; ``entropy_bonus`` weighs the
-    attention entropy in hard attention's REINFORCE term, ``seed`` seeds its region draws.
+    attention entropy in hard attention's REINFORCE term, ``seed`` seeds its region draws, and
+    ``hard_expected_rate`` is how often a hard-attention step uses the expected context instead.
+    ``encoder`` picks where regions come from (:func:`make_encoder`): ``"cnn"`` (the small CNN
+    trained from scratch on pixels, the default), ``"features"`` (cached ``[B, R, C]`` backbone
+    features) or ``"backbone"`` (``backbone`` run inside the model, its last
+    ``trainable_layers`` layers fine-tuned at ``backbone_learning_rate_factor`` times the
+    learning rate). ``region_dim`` is the regions' width (default: ``filters[-1]``).
     The defaults give the book's soft-attention model.
     """
 
@@ -436,37 +579,62 @@ class Captioner(keras.Model):
                  start_id: int = 2, end_id: int = 3, jit_decoder: bool = True,
                  decoder: str = "soft", scoring: str = "additive", gate: bool = False,
                  attention_regularization: float = 0.0, label_smoothing: float = 0.0,
-                 entropy_bonus: float = 0.01, seed: int | None = None, **kwargs):
+                 entropy_bonus: float = 0.01, seed: int | None = None, encoder: str = "cnn",
+                 region_dim: int | None = None, backbone: str | None = None,
+                 trainable_layers: int = 0, backbone_weights: str | None = "imagenet",
+                 backbone_learning_rate_factor: float = 0.1, hard_expected_rate: float = 0.5,
+                 **kwargs):
         _check_decoder_settings(decoder, scoring, gate, attention_regularization)
         super().__init__(**kwargs)
+        region_dim = region_dim or filters[-1]
         self.config = dict(vocab_size=vocab_size, filters=tuple(filters), embed_dim=embed_dim,
                            units=units, attention_units=attention_units, dropout=dropout,
                            start_id=start_id, end_id=end_id, jit_decoder=jit_decoder,
                            decoder=decoder, scoring=scoring, gate=gate,
                            attention_regularization=attention_regularization,
                            label_smoothing=label_smoothing, entropy_bonus=entropy_bonus,
-                           seed=seed)
+                           seed=seed, encoder=encoder, region_dim=region_dim, backbone=backbone,
+                           trainable_layers=trainable_layers,
+                           # a saved captioner carries its backbone's weights: reload from None
+                           backbone_weights=None,
+                           backbone_learning_rate_factor=backbone_learning_rate_factor,
+                           hard_expected_rate=hard_expected_rate)
         self.start_id, self.end_id = start_id, end_id
         self.attention_regularization = attention_regularization
         self.label_smoothing, self.entropy_bonus = label_smoothing, entropy_bonus
-        self.encoder = RegionEncoder(filters, dim=filters[-1])
+        self.encoder = make_encoder(encoder, filters=filters, dim=region_dim, dropout=dropout,
+                                    backbone=backbone, trainable_layers=trainable_layers,
+                                    backbone_weights=backbone_weights)
         if decoder == "soft":
             self.decoder = AttentionDecoder(vocab_size, embed_dim, units, attention_units, dropout,
                                             scoring, gate)
         elif decoder == "hard":
             self.decoder = HardAttentionDecoder(vocab_size, embed_dim, units, attention_units,
-                                                dropout, scoring, gate, seed)
+                                                dropout, scoring, gate, seed, hard_expected_rate)
         else:
             self.decoder = ShowAndTellDecoder(vocab_size, embed_dim, units, dropout)
         self._teacher_force_by_length = {}  # see _decode
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
     @classmethod
-    def from_profile(cls, profile, vocab_size: int) -> "Captioner":
-        """Build a captioner sized by a :class:`utils.profile.Profile`."""
-        return cls(vocab_size, filters=profile.cnn_filters, embed_dim=profile.embed_dim,
-                   units=profile.units, attention_units=profile.attention_units,
-                   dropout=profile.dropout, jit_decoder=profile.jit_compile)
+    def from_profile(cls, profile, vocab_size: int, **options) -> "Captioner":
+        """Build a captioner sized by a :class:`utils.profile.Profile`; ``options`` are passed on
+        (``decoder="hard"``, ``gate=True``, ``encoder="features"``, ...)."""
+        sizes = dict(filters=profile.cnn_filters, embed_dim=profile.embed_dim, units=profile.units,
+                     attention_units=profile.attention_units, dropout=profile.dropout,
+                     jit_decoder=profile.jit_compile)
+        return cls(vocab_size, **{**sizes, **options})
+
+    def make_optimizer(self, learning_rate, **kwargs) -> keras.optimizers.Optimizer:
+        """Adam for this model (``kwargs`` such as ``clipnorm`` passed on); with a fine-tuned
+        backbone, :class:`FineTuningAdam` giving the backbone its lower learning rate."""
+        if not isinstance(self.encoder, BackboneEncoder) or not self.config["trainable_layers"]:
+            return keras.optimizers.Adam(learning_rate, **kwargs)
+        optimizer = FineTuningAdam(learning_rate,
+                                   slow_factor=self.config["backbone_learning_rate_factor"],
+                                   **kwargs)
+        optimizer.set_slow_variables(self.encoder.backbone_variables())
+        return optimizer
 
     @classmethod
     def from_config(cls, config, custom_objects=None) -> "Captioner":
@@ -477,12 +645,15 @@ class Captioner(keras.Model):
         # traced (and maybe XLA-compiled) decoder, the variables would escape the gradient tape.
         image_shape, _ = input_shape
         with tf.init_scope():
-            images = tf.zeros([1, *image_shape[1:]], tf.uint8)
+            # pixels for the CNN and backbone encoders, float features for "features"
+            dtype = "float32" if self.config["encoder"] == "features" else tf.uint8
+            images = tf.zeros([1, *image_shape[1:]], dtype)
             self.decoder(self.encoder(images), tf.fill([1, 1], self.start_id))
         super().build(input_shape)
 
     def call(self, inputs, training=False):
-        """``(uint8[B, H, W, 3], int[B, T])`` -> ``logits [B, T, V]``, ``weights [B, T, R]``."""
+        """``(uint8[B, H, W, 3], int[B, T])`` -> ``logits [B, T, V]``, ``weights [B, T, R]``
+        (with ``encoder="features"``, ``float[B, R, C]`` features instead of pixels)."""
         images, tokens = inputs
         regions = self.encoder(images, training=training)
         output = self._decode(regions, tokens, training=training)
@@ -542,6 +713,9 @@ class Captioner(keras.Model):
             replicas = _replicas_in_sync()
             if replicas > 1:  # the optimizer sums the replicas' gradients: each brings its share
                 total = total / replicas
+            # Under mixed precision Keras wraps the optimizer in a LossScaleOptimizer: the loss
+            # is scaled up so float16 gradients do not underflow, and apply() scales them back.
+            total = self.optimizer.scale_loss(total)
         gradients = tape.gradient(total, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         if terms.reward is not None:
@@ -553,6 +727,15 @@ class Captioner(keras.Model):
         images, captions = data
         self.loss_tracker.update_state(self.objective(images, captions, training=False).loss)
         return {"loss": self.loss_tracker.result()}
+
+    def log_likelihood(self, images, captions) -> tf.Tensor:
+        """``log p(caption | image)`` for ``captions int[B, T+1]`` (``<start> ... <end> 0 0``):
+        the summed log-probabilities of its words and ``<end>``, padding not counted. ``[B]``."""
+        targets = captions[:, 1:]
+        regions = self.encoder(images, training=False)
+        logits = self._decode(regions, captions[:, :-1]).logits
+        per_token = token_cross_entropy(targets, logits)
+        return -tf.reduce_sum(per_token * real_token_mask(targets, dtype=per_token.dtype), axis=1)
 
     @tf.function(reduce_retracing=True)
     def greedy(self, images, max_length: int):

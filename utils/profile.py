@@ -37,7 +37,8 @@ class Profile:
     final_learning_rate: float  # cosine decay ends here
     steps_per_epoch: int | None  # None: one pass over the training split
     eval_images: int  # validation images decoded after each epoch
-    mixed_precision: bool = False
+    patience: int | None = None  # early stopping: epochs without a better validation score
+    mixed_precision: bool = False  # mixed_float16 where a GPU is visible
     jit_compile: bool = True
 
     def replace(self, **changes) -> "Profile":
@@ -62,7 +63,7 @@ _PROFILES = {
         name="gpu", dataset="shapes", num_images=30_000, image_size=64, max_caption_tokens=20,
         embed_dim=256, units=512, attention_units=256, cnn_filters=(64, 128, 256), dropout=0.3,
         epochs=20, batch_size=64, learning_rate=2e-3, final_learning_rate=1e-4,
-        steps_per_epoch=None, eval_images=1000, mixed_precision=True,
+        steps_per_epoch=None, eval_images=1000, patience=4, mixed_precision=True,
     ),
 }
 

@@ -81,12 +81,14 @@ def caption_images(model, pixels: np.ndarray, vocabulary, max_length: int,
 
 
 def score_captions(captions: list[str], split: EncodedSplit, count: int | None = None) -> dict:
-    """BLEU-1..4 of ``captions`` against the split's references and, on Shapes, the share of
-    captions that are exactly right (true and mentioning every object)."""
+    """BLEU-1..4 and CIDEr-D of ``captions`` against the split's references and, on Shapes, the
+    share of captions that are exactly right (true and mentioning every object)."""
     count = len(captions) if count is None else count
     references = {i: split.references[i] for i in range(count)}
-    bleu = metrics.corpus_bleu(references, {i: captions[i] for i in range(count)})
-    scores = {f"bleu{n + 1}": value for n, value in enumerate(bleu)}
+    result = metrics.evaluate_captions(references, {i: captions[i] for i in range(count)},
+                                       metrics=["Bleu", "CIDEr"])
+    scores = {f"bleu{n}": result[f"Bleu_{n}"] for n in range(1, 5)}
+    scores["cider"] = result["CIDEr"]
     if split.scenes is not None:
         from .evaluation import caption_rates
 
@@ -95,35 +97,76 @@ def score_captions(captions: list[str], split: EncodedSplit, count: int | None =
     return scores
 
 
+def relation_preference(model, split: EncodedSplit, vocabulary, batch_size: int = 250) -> dict:
+    """How often the model finds a true relation caption more likely than its mirror image
+    (:func:`utils.evaluation.relation_pairs`: "left of" swapped for "right of", "above" for
+    "below"), scored by teacher-forced log-likelihood. 0.5 is what a model blind to where
+    things are would get. Returns ``{"pairs": count, "preference": share, "margin": mean
+    log-likelihood difference}``. Shapes only (it needs the true scenes)."""
+    from .evaluation import relation_pairs
+
+    pairs = relation_pairs(split.references, split.scenes)
+    if not pairs:
+        return {"pairs": 0, "preference": float("nan"), "margin": float("nan")}
+    length = split.captions.shape[-1]
+    rows = np.array([index for index, _, _ in pairs])
+    encoded = {side: np.array([vocabulary.encode(pair[side].split(), length) for pair in pairs],
+                              np.int32) for side in (1, 2)}
+    differences = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = slice(start, start + batch_size)
+        images = split.pixels[rows[chunk]]
+        true, swapped = (model.log_likelihood(images, encoded[side][chunk]).numpy()
+                         for side in (1, 2))
+        differences.append(true - swapped)
+    differences = np.concatenate(differences)
+    return {"pairs": len(pairs), "preference": float(np.mean(differences > 0)),
+            "margin": float(np.mean(differences))}
+
+
 class CaptionScore(keras.callbacks.Callback):
-    """After each epoch: caption ``count`` validation images, log ``val_bleu4`` (and
-    ``val_exact`` on Shapes), and save the weights whenever that score is the best so far."""
+    """After each epoch: caption ``count`` validation images and log ``val_bleu4``,
+    ``val_cider`` (CIDEr-D) and, on Shapes, ``val_exact``; save the weights whenever the score
+    that picks the model (``val_exact`` on Shapes, else ``val_cider``) is the best so far.
+
+    With ``patience``, training stops once that many epochs have passed without a new best
+    (early stopping). The best score and its epoch are stored beside the weights, so a resumed
+    run keeps counting from where the interrupted one was.
+    """
 
     def __init__(self, split: EncodedSplit, vocabulary, max_length: int, count: int,
-                 best_path: str | pathlib.Path):
+                 best_path: str | pathlib.Path, patience: int | None = None):
         super().__init__()
         self.split, self.vocabulary, self.max_length = split, vocabulary, max_length
         self.count = min(count, len(split))
         self.best_path = pathlib.Path(best_path)
-        self.key = "val_exact" if split.scenes is not None else "val_bleu4"
+        self.key = "val_exact" if split.scenes is not None else "val_cider"
+        self.patience = patience
         self.state_path = self.best_path.with_suffix(".json")
-        self.best = json.loads(self.state_path.read_text())["best"] if self.state_path.exists() else -1.0
+        state = (json.loads(self.state_path.read_text()) if self.state_path.exists()
+                 else {"best": -1.0, "epoch": 0})
+        self.best, self.best_epoch = state["best"], state["epoch"]
+        self.stopped_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
         captions, _ = caption_images(self.model, self.split.pixels[: self.count],
                                      self.vocabulary, self.max_length)
         scores = score_captions(captions, self.split, self.count)
         logs = logs if logs is not None else {}
-        logs["val_bleu4"] = scores["bleu4"]
+        logs["val_bleu4"], logs["val_cider"] = scores["bleu4"], scores["cider"]
         if "exact" in scores:
             logs["val_exact"] = scores["exact"]
         if logs[self.key] > self.best:
-            self.best = logs[self.key]
+            self.best, self.best_epoch = logs[self.key], epoch + 1
             # Weights first, then the score: a crash in between leaves an older score, never a
             # score that claims weights which were not written.
             self.model.save_weights(self.best_path)
-            self.state_path.write_text(json.dumps({"best": self.best, "epoch": epoch + 1}))
-        print(f" - {self.key}: {logs[self.key]:.3f} (best {self.best:.3f})")
+            self.state_path.write_text(json.dumps({"best": self.best, "epoch": self.best_epoch}))
+        print(f" - {self.key}: {logs[self.key]:.3f} (best {self.best:.3f} at epoch {self.best_epoch})")
+        if self.patience is not None and epoch + 1 - self.best_epoch >= self.patience:
+            self.stopped_epoch = epoch + 1
+            self.model.stop_training = True
+            print(f" - early stop: no better {self.key} for {self.patience} epochs")
 
 
 class RandomStateBackup(keras.callbacks.Callback):
@@ -182,7 +225,9 @@ def compile_for_training(model, profile, steps_per_epoch: int) -> None:
     schedule = keras.optimizers.schedules.CosineDecay(
         profile.learning_rate, decay_steps=total_steps,
         alpha=profile.final_learning_rate / profile.learning_rate)
-    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0))
+    make = getattr(model, "make_optimizer", None)
+    optimizer = make(schedule, clipnorm=5.0) if make else keras.optimizers.Adam(schedule, clipnorm=5.0)
+    model.compile(optimizer=optimizer)
 
 
 def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
@@ -210,7 +255,7 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
         RandomStateBackup(run_dir / "backup"),
         CaptionScore(val, vocabulary, max_length=profile.max_caption_tokens + 1,
-                     count=profile.eval_images, best_path=best_path),
+                     count=profile.eval_images, best_path=best_path, patience=profile.patience),
     ]
     history = model.fit(
         training_pipeline(train, profile.batch_size, seed, steps_per_epoch=steps,

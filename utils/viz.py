@@ -33,7 +33,7 @@ def show_images(pixels: np.ndarray, titles: Sequence[str] = (), columns: int = 4
 
 
 def plot_history(history: dict, keys: Sequence[str] = ("loss", "val_loss"),
-                 score_keys: Sequence[str] = ("val_exact", "val_bleu4")):
+                 score_keys: Sequence[str] = ("val_exact", "val_bleu4", "val_cider")):
     """Loss curves (left) and caption scores per epoch (right) from ``History.history``."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     epochs = np.arange(1, len(history[keys[0]]) + 1)
@@ -45,7 +45,9 @@ def plot_history(history: dict, keys: Sequence[str] = ("loss", "val_loss"),
     for key in score_keys:
         if key in history:
             right.plot(epochs, history[key], marker="o", label=key)
-    right.set(xlabel="epoch", ylim=(0, 1), title="Greedy captions on validation images")
+    # CIDEr-D reaches 10 at most, the other scores 1: the axis grows with what is plotted.
+    top = max([1.0] + [max(history[key]) * 1.05 for key in score_keys if key in history])
+    right.set(xlabel="epoch", ylim=(0, top), title="Greedy captions on validation images")
     right.legend()
     figure.tight_layout()
     return figure
