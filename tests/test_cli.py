@@ -88,6 +88,13 @@ def test_missing_or_unknown_commands_fail_with_one_error_line(arguments):
     assert_failed_cleanly(run_cli(*arguments))
 
 
+def test_train_refuses_an_unknown_decoder(tmp_path):
+    result = run_cli("train", "--profile", "smoke", "--decoder", "pointer", "--out",
+                     str(tmp_path / "run"))
+    assert_failed_cleanly(result)
+    assert "show_and_tell" in result.stderr and not (tmp_path / "run").exists()
+
+
 def test_an_unwritable_folder_fails_with_one_error_line(tmp_path):
     # A file where a folder should be defeats even root, unlike file permissions.
     (tmp_path / "blocker").write_text("")

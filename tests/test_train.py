@@ -161,3 +161,30 @@ def test_log_likelihood_and_relation_preference(tiny):
     np.testing.assert_allclose(model.log_likelihood(test.pixels[:4], captions), expected, rtol=1e-5)
     result = train.relation_preference(model, test, vocab)
     assert result["pairs"] > 0 and 0.0 <= result["preference"] <= 1.0
+
+
+def test_fit_on_cached_backbone_features(tiny, tmp_path):
+    """The feature-cache path end to end: extract features (with a randomly initialised
+    backbone: no internet here), swap them in for the pixels, train with fit, caption them."""
+    from utils import features
+
+    _, vocab, profile = tiny
+    records = datasets.load_karpathy(shapes.write_dataset(tmp_path / "data", 40, seed=3))
+    splits, backbone = {}, features.build_backbone("shapes_cnn", weights=None)
+    for name in ("train", "val"):
+        chosen = datasets.split(records, name)
+        cache = features.extract_features("shapes_cnn", [r.path for r in chosen],
+                                          [r.path.name for r in chosen], tmp_path / "features",
+                                          weights=None, model=backbone, progress=False)
+        splits[name] = train.with_cached_features(
+            datasets.encode_split(chosen, vocab, 18, name), chosen, cache)
+    assert splits["train"].pixels.shape[1:] == (64, 128) and splits["train"].pixels.dtype == np.float16
+    keras.utils.set_random_seed(0)
+    model = Captioner.from_profile(profile, len(vocab), encoder="features", region_dim=32)
+    history = train.fit(model, splits["train"], splits["val"], vocab, profile, tmp_path / "run",
+                        verbose=0)
+    assert {"val_exact", "val_cider"} <= set(history.history)
+    captions, attention = train.caption_images(model, splits["val"].pixels, vocab, 6)
+    assert len(captions) == len(splits["val"]) and attention.shape[-1] == 64
+    with pytest.raises(ValueError, match="image records"):
+        train.with_cached_features(splits["val"], chosen[:1], cache)

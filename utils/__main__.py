@@ -123,6 +123,9 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-jit", action="store_true",
                         help="run the decoder without XLA: starts faster, trains slower per step "
                              "(worth it only for very short runs)")
+    parser.add_argument("--decoder", choices=("soft", "show_and_tell", "hard"), default="soft",
+                        help="soft attention (default), the Show and Tell baseline without "
+                             "attention, or hard attention")
     parser.set_defaults(run=_run_train,
                         interrupted="run the same command again to continue from the last epoch")
 
@@ -139,6 +142,8 @@ def _run_train(args: argparse.Namespace) -> None:
         profile = profile.replace(jit_compile=False)
     settings = {"dataset": args.dataset, "profile": profile.name, "seed": args.seed,
                 "jit": profile.jit_compile}
+    if args.decoder != "soft":  # runs of the default decoder keep their settings file as it was
+        settings["decoder"] = args.decoder
     out = args.out
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(20, "Not a directory", str(out))
@@ -163,9 +168,10 @@ def _run_train(args: argparse.Namespace) -> None:
     with contextlib.redirect_stdout(io.StringIO()):  # already said "reusing it" once
         data = datasets.shapes_dataset(profile, seed=args.seed)
     training_dir = out / TRAINING_NAME
-    model = train.load_finished_run(training_dir, profile, vocabulary)
+    options = {"decoder": args.decoder}
+    model = train.load_finished_run(training_dir, profile, vocabulary, **options)
     if model is None:
-        model = Captioner.from_profile(profile, len(vocabulary))
+        model = Captioner.from_profile(profile, len(vocabulary), **options)
         train.fit(model, splits["train"], splits["val"], vocabulary, profile, training_dir,
                   seed=args.seed, verbose=2)
     else:
@@ -175,7 +181,7 @@ def _run_train(args: argparse.Namespace) -> None:
                             profile=profile, extra={**settings, "data": str(data.resolve()),
                                                     "best_epoch": best["epoch"],
                                                     "best_val_score": best["best"]})
-    key = "exact-caption rate" if splits["val"].scenes is not None else "BLEU-4"
+    key = "exact-caption rate" if splits["val"].scenes is not None else "CIDEr-D"
     print(f"train: captioner exported to {folder} (best epoch {best['epoch']}, validation "
           f"{key} {best['best']:.3f})")
 

@@ -97,6 +97,25 @@ def score_captions(captions: list[str], split: EncodedSplit, count: int | None =
     return scores
 
 
+def with_cached_features(split: EncodedSplit, images: list, cache) -> EncodedSplit:
+    """``split`` with its pixels replaced by the cached backbone features of the same images,
+    ``float16[N, R, C]``, for a captioner built with ``encoder="features"``.
+
+    ``images`` are the split's :class:`utils.datasets.CaptionedImage` records in the split's
+    order, ``cache`` a :class:`utils.features.FeatureCache` keyed by image file name (as
+    :func:`utils.features.extract_features` is called by the book). Everything else (captions,
+    references, scenes) is unchanged, so :func:`fit` and the scores work as before.
+    """
+    if len(images) != len(split):
+        raise ValueError(f"{len(images)} image records for a split of {len(split)} images")
+    missing = [record.path.name for record in images if record.path.name not in cache]
+    if missing:
+        raise KeyError(f"{len(missing)} images have no cached features, e.g. {missing[0]}; "
+                       "run utils.features.extract_features on them first")
+    features = np.stack([cache.get(record.path.name) for record in images])
+    return dataclasses.replace(split, pixels=features)
+
+
 def relation_preference(model, split: EncodedSplit, vocabulary, batch_size: int = 250) -> dict:
     """How often the model finds a true relation caption more likely than its mirror image
     (:func:`utils.evaluation.relation_pairs`: "left of" swapped for "right of", "above" for
@@ -284,9 +303,10 @@ def prepare_shapes(profile, seed: int = 0) -> tuple[Vocabulary, dict[str, Encode
                                                     length, name) for name in SPLITS}
 
 
-def load_finished_run(run_dir: str | pathlib.Path, profile, vocabulary: Vocabulary):
+def load_finished_run(run_dir: str | pathlib.Path, profile, vocabulary: Vocabulary, **options):
     """The captioner a finished :func:`fit` left in ``run_dir``, or ``None`` when there is none
-    or it was trained with other settings or another vocabulary."""
+    or it was trained with other settings or another vocabulary. ``options`` are the
+    :meth:`Captioner.from_profile` options it was built with (``decoder="hard"``, ...)."""
     from .model import Captioner
 
     run_dir = pathlib.Path(run_dir)
@@ -297,7 +317,7 @@ def load_finished_run(run_dir: str | pathlib.Path, profile, vocabulary: Vocabula
     settings = json.loads(json.dumps(dataclasses.asdict(profile)))  # tuples become lists, as stored
     if info.get("profile") != settings or info.get("words") != vocabulary.words:
         return None
-    model = Captioner.from_profile(profile, len(vocabulary))
+    model = Captioner.from_profile(profile, len(vocabulary), **options)
     size = profile.image_size
     model((np.zeros((1, size, size, 3), np.uint8), np.zeros((1, 1), np.int32)))
     try:
