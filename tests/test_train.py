@@ -60,6 +60,11 @@ class _Interrupt(keras.callbacks.Callback):
 class _FinalWeights(keras.callbacks.Callback):
     """Keeps the weights at the end of the last epoch (fit then loads the best epoch's)."""
 
+    epochs_run = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs_run += 1
+
     def on_train_end(self, logs=None):
         self.weights = [w.copy() for w in self.model.get_weights()]
 
@@ -93,7 +98,8 @@ def test_a_killed_run_resumes_at_the_right_epoch_with_identical_weights(tiny, tm
     resumed = _FinalWeights()
     _fit_with(monkeypatch, [resumed])
     history = train.fit(_model(vocab, profile), *args, tmp_path / "killed", verbose=0)
-    assert len(history.history["loss"]) == 1  # only the third epoch was left to run
+    assert resumed.epochs_run == 1  # only the third epoch was left to run
+    assert len(history.history["loss"]) == 3  # and the history still holds all three
     for ours, theirs in zip(resumed.weights, whole.weights, strict=True):
         np.testing.assert_array_equal(ours, theirs)
 

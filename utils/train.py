@@ -249,12 +249,18 @@ def compile_for_training(model, profile, steps_per_epoch: int) -> None:
     model.compile(optimizer=optimizer)
 
 
+HISTORY = "history.csv"
+
+
 def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
-        run_dir: str | pathlib.Path, seed: int = 0, verbose: int | str = "auto"):
+        run_dir: str | pathlib.Path, seed: int = 0, verbose: int | str = "auto",
+        callbacks: list | tuple = ()):
     """Train ``model`` as the profile says, then load the best epoch's weights.
 
-    ``run_dir`` keeps the best weights and a backup of the latest epoch: a run that was killed
-    continues from its last finished epoch when the same call is made again.
+    ``run_dir`` keeps the best weights, a backup of the latest epoch and the per-epoch logs
+    (``history.csv``): a run that was killed continues from its last finished epoch when the
+    same call is made again, and the returned ``History`` holds every epoch, those before the
+    interruption included. ``callbacks`` are added to the book's own (e.g. TensorBoard).
     """
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -264,9 +270,9 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
     compile_for_training(model, profile, steps)
     best_path = run_dir / "best.weights.h5"
     if not (run_dir / "backup").exists():
-        # A fresh run: the best weights of an earlier, finished run must not win by default.
-        best_path.unlink(missing_ok=True)
-        best_path.with_suffix(".json").unlink(missing_ok=True)
+        # A fresh run: the best weights and logs of an earlier, finished run must not count.
+        for stale in (best_path, best_path.with_suffix(".json"), run_dir / HISTORY):
+            stale.unlink(missing_ok=True)
     first_epoch = _resumed_epoch(run_dir / "backup")
     callbacks = [
         # double_checkpoint keeps the previous backup until the new one is complete, so a crash
@@ -275,6 +281,9 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
         RandomStateBackup(run_dir / "backup"),
         CaptionScore(val, vocabulary, max_length=profile.max_caption_tokens + 1,
                      count=profile.eval_images, best_path=best_path, patience=profile.patience),
+        # after CaptionScore, so the validation scores are in the logs it writes
+        keras.callbacks.CSVLogger(str(run_dir / HISTORY), append=True),
+        *callbacks,
     ]
     history = model.fit(
         training_pipeline(train, profile.batch_size, seed, steps_per_epoch=steps,
@@ -282,11 +291,26 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
         steps_per_epoch=steps, epochs=profile.epochs, shuffle=False,  # the pipeline shuffles
         validation_data=validation_pipeline(val, profile.batch_size),
         callbacks=callbacks, verbose=verbose)
+    history.history = read_history(run_dir)
     model.load_weights(best_path)
     # Written last: its presence says the run finished and which settings and words it used.
     info = {"profile": dataclasses.asdict(profile), "words": vocabulary.words}
     (run_dir / RUN_INFO).write_text(json.dumps(info))
     return history
+
+
+def read_history(run_dir: str | pathlib.Path) -> dict[str, list[float]]:
+    """Every finished epoch's logs of the run in ``run_dir``, as ``History.history`` holds them
+    (``{"loss": [...], "val_exact": [...], ...}``); empty before the first epoch ends."""
+    path = pathlib.Path(run_dir) / HISTORY
+    if not path.exists():
+        return {}
+    import csv
+
+    with path.open(newline="") as rows:
+        table = list(csv.DictReader(rows))
+    return {key: [float(row[key]) for row in table] for key in (table[0] if table else {})
+            if key != "epoch"}
 
 
 SPLITS = ("train", "val", "test", "test_novel")
