@@ -170,21 +170,18 @@ def test_log_likelihood_and_relation_preference(tiny):
 
 
 def test_fit_on_cached_backbone_features(tiny, tmp_path):
-    """The feature-cache path end to end: extract features (with a randomly initialised
-    backbone: no internet here), swap them in for the pixels, train with fit, caption them."""
+    """The real-data path end to end on Shapes files: extract and cache features (with a
+    randomly initialised backbone: no internet here), train with fit, caption the features."""
     from utils import features
 
-    _, vocab, profile = tiny
-    records = datasets.load_karpathy(shapes.write_dataset(tmp_path / "data", 40, seed=3))
-    splits, backbone = {}, features.build_backbone("shapes_cnn", weights=None)
-    for name in ("train", "val"):
-        chosen = datasets.split(records, name)
-        cache = features.extract_features("shapes_cnn", [r.path for r in chosen],
-                                          [r.path.name for r in chosen], tmp_path / "features",
-                                          weights=None, model=backbone, progress=False)
-        splits[name] = train.with_cached_features(
-            datasets.encode_split(chosen, vocab, 18, name), chosen, cache)
+    _, _, profile = tiny
+    records = datasets.load_dataset("shapes", shapes.write_dataset(tmp_path / "data", 40, seed=3).parent)
+    backbone = features.build_backbone("shapes_cnn", weights=None)
+    vocab, splits = train.prepare_with_features(records, profile, backbone="shapes_cnn",
+                                                weights=None, model=backbone, min_count=1,
+                                                cache_dir=tmp_path / "features")
     assert splits["train"].pixels.shape[1:] == (64, 128) and splits["train"].pixels.dtype == np.float16
+    assert splits["val"].captions.shape[1:] == (5, profile.max_caption_tokens + 2)
     keras.utils.set_random_seed(0)
     model = Captioner.from_profile(profile, len(vocab), encoder="features", region_dim=32)
     history = train.fit(model, splits["train"], splits["val"], vocab, profile, tmp_path / "run",
@@ -192,5 +189,7 @@ def test_fit_on_cached_backbone_features(tiny, tmp_path):
     assert {"val_exact", "val_cider"} <= set(history.history)
     captions, attention = train.caption_images(model, splits["val"].pixels, vocab, 6)
     assert len(captions) == len(splits["val"]) and attention.shape[-1] == 64
-    with pytest.raises(ValueError, match="image records"):
-        train.with_cached_features(splits["val"], chosen[:1], cache)
+    # a second call finds every feature cached and computes nothing
+    again = train.prepare_with_features(records, profile, backbone="shapes_cnn", weights=None,
+                                        min_count=1, cache_dir=tmp_path / "features")[1]
+    np.testing.assert_array_equal(again["val"].pixels, splits["val"].pixels)

@@ -458,10 +458,11 @@ class EncodedSplit:
 
 
 def encode_split(images: Sequence[CaptionedImage], vocabulary, length: int, name: str = "",
-                 references_per_image: int = 5) -> EncodedSplit:
+                 references_per_image: int = 5, pixels: np.ndarray | None = None) -> EncodedSplit:
     """Decode the images and encode their first ``references_per_image`` captions.
 
     Images with fewer captions repeat theirs, so every image has the same number of rows.
+    ``pixels`` replaces the decoded images (e.g. cached backbone features, one row per image).
     """
     if not images:
         raise ValueError(f"split {name!r} is empty")
@@ -474,7 +475,10 @@ def encode_split(images: Sequence[CaptionedImage], vocabulary, length: int, name
         captions[row] = [vocabulary.encode(tokens, length) for tokens in chosen]
         references.append([" ".join(tokens) for tokens in image.captions])
     scenes = [image.scene for image in images] if all(i.scene for i in images) else None
-    return EncodedSplit(name, load_pixels(images), captions, references, scenes)
+    if pixels is not None and len(pixels) != len(images):
+        raise ValueError(f"{len(pixels)} rows of pixels for {len(images)} images")
+    return EncodedSplit(name, load_pixels(images) if pixels is None else pixels, captions,
+                        references, scenes)
 
 
 def data_root() -> pathlib.Path:

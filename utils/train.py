@@ -97,23 +97,46 @@ def score_captions(captions: list[str], split: EncodedSplit, count: int | None =
     return scores
 
 
-def with_cached_features(split: EncodedSplit, images: list, cache) -> EncodedSplit:
-    """``split`` with its pixels replaced by the cached backbone features of the same images,
-    ``float16[N, R, C]``, for a captioner built with ``encoder="features"``.
-
-    ``images`` are the split's :class:`utils.datasets.CaptionedImage` records in the split's
-    order, ``cache`` a :class:`utils.features.FeatureCache` keyed by image file name (as
-    :func:`utils.features.extract_features` is called by the book). Everything else (captions,
-    references, scenes) is unchanged, so :func:`fit` and the scores work as before.
-    """
-    if len(images) != len(split):
-        raise ValueError(f"{len(images)} image records for a split of {len(split)} images")
+def cached_features(images, cache) -> np.ndarray:
+    """The cached backbone features of ``images`` (:class:`utils.datasets.CaptionedImage`
+    records), ``float16[N, R, C]``, from a :class:`utils.features.FeatureCache` keyed by image
+    file name (as :func:`prepare_with_features` fills it)."""
     missing = [record.path.name for record in images if record.path.name not in cache]
     if missing:
         raise KeyError(f"{len(missing)} images have no cached features, e.g. {missing[0]}; "
                        "run utils.features.extract_features on them first")
-    features = np.stack([cache.get(record.path.name) for record in images])
-    return dataclasses.replace(split, pixels=features)
+    return np.stack([cache.get(record.path.name) for record in images])
+
+
+def prepare_with_features(records, profile, *, backbone: str = "inception_v3",
+                          weights: str | None = "imagenet", min_count: int = 5, model=None,
+                          cache_dir: str | pathlib.Path | None = None
+                          ) -> tuple[Vocabulary, dict[str, EncodedSplit]]:
+    """A real dataset (``records``: a :class:`utils.datasets.CaptionDataset`, e.g. from
+    ``load_dataset("flickr8k")``) ready for a captioner with ``encoder="features"``.
+
+    Every image goes through ``backbone`` once; its ``[R, C]`` features are cached as float16
+    under ``cache_dir`` (default ``data_root()/features/<dataset>``), so a second call, or one
+    after an interruption, computes only what is missing. Words seen fewer than ``min_count``
+    times in the training captions become ``<unk>``. Returns the vocabulary and the
+    ``train``/``val``/``test`` splits with features in place of pixels.
+    """
+    from . import features
+
+    cache_dir = cache_dir or datasets.data_root() / "features" / records.name
+    cache = features.extract_features(backbone, [r.path for r in records],
+                                      [r.path.name for r in records], cache_dir,
+                                      weights=weights, model=model)
+    training = records.split("train")
+    vocabulary = Vocabulary.from_captions((c for r in training for c in r.captions),
+                                          min_count=min_count)
+    length = profile.max_caption_tokens + 2
+    splits = {}
+    for name in ("train", "val", "test"):
+        chosen = records.split(name)
+        splits[name] = datasets.encode_split(chosen, vocabulary, length, name,
+                                             pixels=cached_features(chosen, cache))
+    return vocabulary, splits
 
 
 def relation_preference(model, split: EncodedSplit, vocabulary, batch_size: int = 250) -> dict:
