@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 REPO_URL = "https://github.com/image-understanding-book/image-captioning-book"
 
 _SUBMODULES = ("profile", "shapes", "datasets", "download", "images", "features", "text", "model",
-               "train", "decoding", "metrics", "viz", "evaluation", "export", "recognition")
+               "train", "decoding", "metrics", "viz", "evaluation", "export", "recognition",
+               "apps")
 
 
 def __getattr__(name: str):
