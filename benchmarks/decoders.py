@@ -40,7 +40,8 @@ def score(model, split, vocabulary, max_words: int) -> dict:
     rates = evaluation.caption_rates(captions, split.scenes)
     result.update(exact=rates["all"]["exact"], correct=rates["all"]["correct"],
                   complete=rates["all"]["complete"], by_scene=rates,
-                  grounding=evaluation.attention_grounding(captions, attention, split.scenes))
+                  grounding=evaluation.attention_grounding(captions, attention, split.scenes),
+                  relations=train.relation_preference(model, split, vocabulary))
     return result
 
 

@@ -49,3 +49,19 @@ def test_relation_pairs_mirror_true_relations_only():
         (0, "a red circle left of a blue square", "a red circle right of a blue square"),
         (0, "a blue square to the right of a red circle", "a blue square to the left of a red circle"),
     ]  # the caption without a relation and the false one are skipped
+
+
+def test_attribute_confusions_compare_what_was_said_with_what_was_looked_at():
+    from utils.evaluation import attribute_confusions
+
+    # "a green circle and two blue squares": the first noun looks at the red circle, the
+    # second at the blue square; "two ... squares" is read as the shape "square"
+    caption = "a green circle and two blue squares"
+    weights = one_hot({2: (1, 1), 6: (5, 5), 3: (7, 0)})
+    rows = attribute_confusions([caption], weights[None], [SCENE])
+    assert rows == [
+        {"true colour": "red", "said colour": "green", "true shape": "circle", "said shape": "circle"},
+        {"true colour": "blue", "said colour": "blue", "true shape": "square", "said shape": "square"},
+    ]
+    # a peak on empty background is skipped
+    assert attribute_confusions(["a red circle"], one_hot({2: (0, 7)})[None], [SCENE]) == []

@@ -12,6 +12,7 @@ import numpy as np
 from . import shapes
 
 RELATION_WORDS = frozenset({"left", "right", "above", "below"})
+_SINGULARS = {plural: shape for shape, plural in shapes.PLURALS.items()}
 OPPOSITE_WORDS = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 
@@ -100,3 +101,40 @@ def relation_pairs(split_references: Sequence[Sequence[str]], scenes: Sequence[d
                     not shapes.check_caption(swapped, scene).correct:
                 pairs.append((index, " ".join(words), swapped))
     return pairs
+
+
+def attribute_confusions(captions: Sequence[str], attention: np.ndarray, scenes: Sequence[dict]
+                         ) -> list[dict[str, str]]:
+    """What the model said about the object it was looking at, beside the truth.
+
+    For every shape noun of every caption (any caption, right or wrong), the attention peak of
+    the step that emitted it (``attention [N, T, R]``) picks the object under it (the one whose
+    box centre is nearest the peak cell's centre, among those the cell overlaps); the colour
+    word just before the noun, if any, and the noun itself are set beside that object's true
+    colour and shape. Nouns whose peak lies on no object are skipped. Returns one
+    ``{"true colour", "said colour", "true shape", "said shape"}`` per noun (``said colour`` is
+    ``""`` when the caption gave none): the raw material of a confusion matrix.
+    """
+    rows = []
+    for caption, weights, scene in zip(captions, attention, scenes, strict=True):
+        tokens = shapes.tokenize(caption)
+        cells = _cell_boxes(weights.shape[-1], scene["image_size"])
+        for position, token in enumerate(tokens):
+            noun = _SINGULARS.get(token, token)
+            if noun not in shapes.SHAPES or position >= len(weights):
+                continue
+            peak = cells[int(np.argmax(weights[position]))]
+            under = [o for o in scene["objects"] if _overlap(peak, o["bbox"])]
+            if not under:
+                continue
+            centre = ((peak[0] + peak[2]) / 2, (peak[1] + peak[3]) / 2)
+            target = min(under, key=lambda o: math.dist(centre, _box_centre(o["bbox"])))
+            before = tokens[position - 1] if position else ""
+            rows.append({"true colour": target["colour"],
+                         "said colour": before if before in shapes.COLOURS else "",
+                         "true shape": target["shape"], "said shape": noun})
+    return rows
+
+
+def _box_centre(box: Sequence[float]) -> tuple[float, float]:
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2

@@ -375,17 +375,20 @@ def load_finished_run(run_dir: str | pathlib.Path, profile, vocabulary: Vocabula
 
 
 def train_or_load(profile, run_name: str = "05_implementation", seed: int = 0,
-                  verbose: int | str = 2):
-    """A trained Shapes captioner for ``profile``: the one chapter 5 left behind if it matches,
-    else a new one trained now. Returns ``(model, vocabulary, splits)``."""
+                  verbose: int | str = 2, **options):
+    """A trained Shapes captioner for ``profile``: the one chapter 5 left behind in
+    ``runs/<run_name>-<profile>`` if it matches, else a new one trained now. ``options`` go to
+    :meth:`Captioner.from_profile` (chapter 5 also trains ``decoder="show_and_tell"`` and
+    ``"hard"`` as ``05_<decoder>`` for three epochs). Returns ``(model, vocabulary, splits)``."""
     from .model import Captioner
 
+    profile = profile.replace(dataset="shapes")  # as chapter 5 trains it, whatever BOOK_DATASET
     vocabulary, splits = prepare_shapes(profile, seed)
     run_dir = datasets.data_root() / "runs" / f"{run_name}-{profile.name}"
-    model = load_finished_run(run_dir, profile, vocabulary)
+    model = load_finished_run(run_dir, profile, vocabulary, **options)
     if model is None:
         print(f"no finished run in {run_dir.name}: training one now")
-        model = Captioner.from_profile(profile, len(vocabulary))
+        model = Captioner.from_profile(profile, len(vocabulary), **options)
         fit(model, splits["train"], splits["val"], vocabulary, profile, run_dir, seed, verbose)
     else:
         print(f"loaded the captioner trained in {run_dir.name}")
