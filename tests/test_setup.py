@@ -55,3 +55,19 @@ def test_setup_on_colab_sets_the_data_folder_and_warns_without_gpu(monkeypatch, 
     assert "data folder: /content/image-understanding-data" in printed
     assert "no GPU" in printed and "Change runtime type" in printed
     monkeypatch.delenv("BOOK_DATA")
+
+
+def test_mixed_precision_only_where_a_gpu_is_visible(monkeypatch):
+    tf = pytest.importorskip("tensorflow")
+    import keras
+
+    try:
+        assert utils.set_precision(False) == "float32"
+        monkeypatch.setattr(tf.config, "list_physical_devices",
+                            lambda kind=None: [] if kind == "GPU" else ["CPU"])
+        assert utils.set_precision(True) == "float32"  # float16 on a CPU is slower, not faster
+        monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+        assert utils.set_precision(True) == "mixed_float16"
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
