@@ -13,7 +13,7 @@ BOOK_PROFILE ?= auto
 # Executing one chapter may take this long before it is stopped (seconds).
 CHAPTER_TIMEOUT ?= 3600
 
-.PHONY: venv system-deps test unit notebooks book execute site sync clean
+.PHONY: venv system-deps test unit notebooks book execute site sync clean bench
 
 # The virtual environment is rebuilt when the pins change.
 $(STAMP): requirements.txt pyproject.toml
@@ -65,6 +65,13 @@ execute: $(STAMP)
 # Build the HTML site from the outputs stored in the notebooks.
 site: $(STAMP) system-deps
 	PYTHON=$(PY) bash book/build.sh
+
+# The performance suite (benchmarks/README.md): the fast path against the tutorial-style
+# reference, about 30 minutes on 2 cores; BENCH_ARGS=--quick for a run of a minute or two. The
+# README's table is then regenerated from benchmarks/results/suite-*.json.
+bench: $(STAMP)
+	$(PY) -m benchmarks $(BENCH_ARGS)
+	$(PY) -m benchmarks --update-readme
 
 # Keep each chapter's .ipynb and .md pair in step (edit either, then run this).
 sync: $(STAMP)

@@ -1,0 +1,117 @@
+"""The performance suite (benchmarks/): it runs, writes valid records, its baseline computes the
+same function as the book's model, and the README's table is the one its stored results give.
+
+Nothing here is timed: a benchmark's numbers depend on the machine, so tests only check that the
+suite works (``--smoke`` sizes, well under two minutes).
+"""
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks/ is not part of the installed package
+
+from benchmarks import __main__ as runner  # noqa: E402
+from benchmarks import suite  # noqa: E402
+from benchmarks.reference import ReferenceCaptioner, pad_to  # noqa: E402
+from utils.decoding import decode_images  # noqa: E402
+
+
+def test_smoke_run_writes_a_json_list_of_valid_records(tmp_path):
+    out = tmp_path / "smoke.json"
+    subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)], cwd=ROOT,
+                   check=True, timeout=600, capture_output=True)
+    records = json.loads(out.read_text())
+    suite.check_records(records)
+    assert {item["group"] for item in records} == set(suite.GROUPS) - {"quality"}
+    for item in records:
+        assert set(item) >= {"name", "unit", "baseline", "fast", "ratio"}
+        if item["ratio"] is not None:  # ratio > 1 means the fast path wins, in either direction
+            expected = (item["fast"] / item["baseline"] if item["better"] == "higher"
+                        else item["baseline"] / item["fast"])
+            assert math.isclose(item["ratio"], expected, rel_tol=2e-3)
+        assert len(item["run"]["load_average_start"]) == 3
+
+
+def test_check_records_refuses_malformed_results():
+    run = {"machine": {}, "date": "2026-01-01"}
+    good = {"name": "x", "unit": "ms", "baseline": 2.0, "fast": 1.0, "ratio": 2.0, "run": run}
+    suite.check_records([good])
+    no_run = {key: value for key, value in good.items() if key != "run"}
+    for broken in ({}, [], [{**good, "ratio": "2"}], [no_run]):
+        with pytest.raises(ValueError):
+            suite.check_records(broken)
+
+
+def test_record_ratio_is_above_one_when_the_fast_path_wins():
+    assert suite.record("t", "ms/step", 30.0, 10.0, better="lower", group="g")["ratio"] == 3.0
+    assert suite.record("r", "captions/s", 10.0, 30.0, group="g", goal=2.0)["met"] is True
+    assert suite.record("q", "rate", 0.0, 0.5, group="g")["ratio"] is None
+
+
+def test_trim_captions_keeps_every_real_token_and_rounds_up():
+    captions = np.array([[2, 5, 6, 3, 0, 0, 0, 0, 0, 0], [2, 7, 8, 9, 10, 3, 0, 0, 0, 0]])
+    trimmed = suite.trim_captions(captions, multiple=4)
+    assert trimmed.shape == (2, 8)
+    np.testing.assert_array_equal(trimmed, captions[:, :8])
+
+
+def test_flops_grow_by_one_decoder_step_per_step():
+    sizes = suite.SIZES["tutorial"]
+    b, r, d, a, u, e, v = 64, 64, 256, 512, 512, 256, 5000
+    per_step = b * 2 * ((u + e) * a + r * a + r * d + (e + d + u) * 4 * u + (u + d + e) * v)
+    keys = b * r * d * a * 2  # the projection the reference repeats at every step
+    assert suite.forward_flops(sizes, 11) - suite.forward_flops(sizes, 10) == per_step
+    assert (suite.forward_flops(sizes, 11, keys_every_step=True)
+            - suite.forward_flops(sizes, 10, keys_every_step=True)) == per_step + keys
+    assert suite.training_flops(sizes, 10) == 3 * suite.forward_flops(sizes, 10)
+
+
+@pytest.mark.parametrize("encoder", ["features", "cnn"])
+def test_reference_computes_the_same_loss_and_captions_as_the_captioner(encoder):
+    """Same weights: the reference padded to its fixed length and the book's model on trimmed
+    captions give the same loss, and one-image-at-a-time greedy gives the batched words."""
+    sizes = suite.SIZES["tiny" if encoder == "features" else "tiny-cnn"]
+    fast = suite.build_fast(sizes, jit=False)
+    reference = suite.build_reference(sizes)
+    reference.copy_weights_from(fast)
+    rng = np.random.default_rng(0)
+    inputs = suite.random_inputs(sizes, rng, 4)
+    captions = suite.random_captions(sizes, rng, 4)
+    trimmed = suite.trim_captions(captions, multiple=1)
+    assert trimmed.shape[1] < sizes.positions
+    np.testing.assert_allclose(float(fast.objective(inputs, trimmed).loss),
+                               float(reference.loss_on(inputs, pad_to(trimmed, sizes.positions))),
+                               rtol=1e-5)
+    batched = decode_images(fast, inputs, max_length=6).sequences[:, 0].numpy()
+    for row, image in zip(batched, inputs):
+        words = reference.caption_one(image, 6)
+        np.testing.assert_array_equal(row[: len(words)], words)
+
+
+def test_reference_keeps_its_fixed_length():
+    model = ReferenceCaptioner(30, max_length=9, embed_dim=8, units=8, attention_units=8,
+                               region_dim=8)
+    assert pad_to(np.array([[2, 5, 3]]), 9).shape == (1, 9)
+    with pytest.raises(ValueError):
+        ReferenceCaptioner(30, max_length=9, encoder="pixels")
+    assert model.max_length == 9
+
+
+def test_stored_results_are_valid_and_the_readme_table_is_generated_from_them():
+    stored = runner.stored_results()
+    assert stored, "benchmarks/results/ holds no suite-*.json"
+    for path in stored:
+        records = json.loads(path.read_text())
+        suite.check_records(records)
+        assert all("load_average_end" in item["run"] for item in records)
+    readme = runner.README.read_text()
+    assert readme == suite.readme_with_table(readme, suite.render_table(stored)), (
+        "benchmarks/README.md is out of date: run `python -m benchmarks --update-readme`")
