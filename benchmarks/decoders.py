@@ -26,12 +26,6 @@ from utils.model import Captioner
 DECODERS = ("soft", "show_and_tell", "hard")
 
 
-def build(profile, vocab_size: int, decoder: str) -> Captioner:
-    return Captioner(vocab_size, filters=profile.cnn_filters, embed_dim=profile.embed_dim,
-                     units=profile.units, attention_units=profile.attention_units,
-                     dropout=profile.dropout, jit_decoder=profile.jit_compile, decoder=decoder)
-
-
 def score(model, split, vocabulary, max_words: int) -> dict:
     captions, attention = train.caption_images(model, split.pixels, vocabulary, max_words)
     references = dict(enumerate(split.references))
@@ -68,7 +62,7 @@ def main() -> None:
     results = {}
     for decoder in args.decoders:
         utils.setup(args.profile)  # the same seed for every decoder
-        model = build(profile, len(vocabulary), decoder)
+        model = Captioner.from_profile(profile, len(vocabulary), decoder=decoder)
         run_dir = datasets.data_root() / "runs" / f"bench-{decoder}-{profile.name}"
         previous = _previous_minutes(out, decoder) if args.reuse else None
         if previous is not None and (run_dir / train.RUN_INFO).exists():

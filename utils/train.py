@@ -262,14 +262,13 @@ def distribution_strategy() -> tf.distribute.Strategy:
 
 
 def compile_for_training(model, profile, steps_per_epoch: int) -> None:
-    """Adam with a cosine-decayed learning rate and gradient-norm clipping."""
+    """The model's Adam (see Captioner.make_optimizer) with a cosine-decayed learning rate and
+    gradient-norm clipping."""
     total_steps = max(profile.epochs * steps_per_epoch, 1)
     schedule = keras.optimizers.schedules.CosineDecay(
         profile.learning_rate, decay_steps=total_steps,
         alpha=profile.final_learning_rate / profile.learning_rate)
-    make = getattr(model, "make_optimizer", None)
-    optimizer = make(schedule, clipnorm=5.0) if make else keras.optimizers.Adam(schedule, clipnorm=5.0)
-    model.compile(optimizer=optimizer)
+    model.compile(optimizer=model.make_optimizer(schedule, clipnorm=5.0))
 
 
 HISTORY = "history.csv"
