@@ -56,11 +56,14 @@ def test_record_ratio_is_above_one_when_the_fast_path_wins():
     assert suite.record("q", "rate", 0.0, 0.5, group="g")["ratio"] is None
 
 
-def test_trim_captions_keeps_every_real_token_and_rounds_up():
-    captions = np.array([[2, 5, 6, 3, 0, 0, 0, 0, 0, 0], [2, 7, 8, 9, 10, 3, 0, 0, 0, 0]])
-    trimmed = suite.trim_captions(captions, multiple=4)
-    assert trimmed.shape == (2, 8)
-    np.testing.assert_array_equal(trimmed, captions[:, :8])
+def test_trimmed_positions_keep_every_real_token_and_round_up_to_a_bucket():
+    captions = np.zeros((2, 18), np.int32)
+    captions[0, :4] = [2, 5, 6, 3]
+    captions[1, :6] = [2, 7, 8, 9, 10, 3]  # 5 decoder steps -> the bucket of 8
+    assert suite.trimmed_positions(captions) == 9
+    captions[1, 5:18] = 7
+    captions[1, 17] = 3  # every position used: nothing to trim
+    assert suite.trimmed_positions(captions) == 18
 
 
 def test_flops_grow_by_one_decoder_step_per_step():
@@ -85,7 +88,7 @@ def test_reference_computes_the_same_loss_and_captions_as_the_captioner(encoder)
     rng = np.random.default_rng(0)
     inputs = suite.random_inputs(sizes, rng, 4)
     captions = suite.random_captions(sizes, rng, 4)
-    trimmed = suite.trim_captions(captions, multiple=1)
+    trimmed = captions[:, : np.max(np.sum(captions != 0, axis=1))]  # cut after the last <end>
     assert trimmed.shape[1] < sizes.positions
     np.testing.assert_allclose(float(fast.objective(inputs, trimmed).loss),
                                float(reference.loss_on(inputs, pad_to(trimmed, sizes.positions))),

@@ -4,7 +4,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
-from utils.model import AdditiveAttention, Captioner, masked_cross_entropy  # noqa: E402
+from utils.model import (AdditiveAttention, Captioner, masked_cross_entropy,  # noqa: E402
+                         step_buckets)
 
 
 def tiny_captioner(vocab_size=12, jit=False, **settings):
@@ -144,6 +145,53 @@ def test_training_terms_ignore_padding_columns(settings):
     np.testing.assert_allclose(float(short.reinforce), float(padded.reinforce), rtol=1e-6)
     if sampler_state is not None:
         np.testing.assert_allclose(short.reward.numpy(), padded.reward.numpy(), rtol=1e-6)
+
+
+def test_step_buckets_cover_every_length_with_few_sizes():
+    assert step_buckets(18) == (4, 8, 12, 16, 17)
+    assert step_buckets(9) == (4, 8) and step_buckets(5) == (4,)
+
+
+@pytest.mark.parametrize("settings", DECODER_SETTINGS.values(), ids=DECODER_SETTINGS.keys())
+def test_trimmed_training_step_gives_the_full_length_terms_and_gradients(settings):
+    """In a graph, as fit runs it: the batch is cut to its bucket (4 steps of 17 here) and the
+    loss, REINFORCE term and gradients are those of the untrimmed batch."""
+    keras.utils.set_random_seed(4)
+    model = tiny_captioner(attention_regularization=0.0 if "decoder" in settings else 0.5,
+                           **settings)
+    images, captions = tiny_batch()
+    captions = with_padding(captions, 13)  # 18 positions, the longest caption needs 3 steps
+    model((images[:1], captions[:1, :-1]))
+    hard = settings.get("decoder") == "hard"
+
+    @tf.function
+    def terms_and_gradients(trim):
+        if hard:  # the same region draws both times
+            model.decoder.sampler.state.assign([0, 7])
+        with tf.GradientTape() as tape:
+            terms = model.objective(images, captions, training=False, trim=trim)
+            total = terms.loss + terms.reinforce
+        return terms.loss, total, tape.gradient(total, model.trainable_variables)
+
+    full, trimmed = terms_and_gradients(False), terms_and_gradients(True)
+    np.testing.assert_allclose(float(trimmed[0]), float(full[0]), rtol=1e-6)
+    np.testing.assert_allclose(float(trimmed[1]), float(full[1]), rtol=1e-6)
+    for short, long in zip(trimmed[2], full[2]):
+        np.testing.assert_allclose(tf.convert_to_tensor(short).numpy(),
+                                   tf.convert_to_tensor(long).numpy(), atol=1e-6)
+    # one graph holds a decoder for every bucket; the batch picks one when it runs
+    assert sorted(model._teacher_force_by_length) == [4, 8, 12, 16, 17]
+
+
+def test_teacher_forcing_applies_the_output_layer_once_with_the_same_logits():
+    keras.utils.set_random_seed(5)
+    model = tiny_captioner()
+    images, captions = tiny_batch()
+    logits, _ = model((images, captions[:, :-1]))
+    state = model.decoder.initial_state(model.encoder(images))
+    for t in range(captions.shape[1] - 1):
+        step_logits, state, _ = model.decoder.step(captions[:, t], state)
+        np.testing.assert_allclose(step_logits.numpy(), logits[:, t].numpy(), atol=1e-5)
 
 
 def test_doubly_stochastic_penalty():

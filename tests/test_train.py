@@ -39,6 +39,28 @@ def test_pipeline_draws_one_reference_per_image_deterministically(tiny):
         assert any((caption == ref).all() for ref in encoded["train"].captions[row])
 
 
+def test_grouping_by_length_reorders_an_epoch_without_changing_it(tiny):
+    encoded, _, _ = tiny
+    split = encoded["train"]
+    steps = len(split) // 4
+
+    def epoch(grouped):
+        pipeline = train.training_pipeline(split, 4, seed=2, group_by_length=grouped)
+        return [c.numpy() for _, c in pipeline.take(steps)]
+
+    grouped, plain = epoch(True), epoch(False)
+    assert sorted(map(bytes, np.concatenate(grouped))) == sorted(map(bytes, np.concatenate(plain)))
+    # one chunk here (16 batches > one epoch): batches are runs of the length-sorted examples
+    spans = sorted(((c != 0).sum(1).min(), (c != 0).sum(1).max()) for c in grouped)
+    assert all(high <= next_low for (_, high), (next_low, _) in zip(spans, spans[1:]))
+    # and padding falls: the mean longest caption per batch is lower than with random batches
+    assert (np.mean([(c != 0).sum(1).max() for c in grouped])
+            < np.mean([(c != 0).sum(1).max() for c in plain]))
+    # the batch order is still shuffled, and still the same for the same seed
+    assert [b.tobytes() for b in grouped] == [b.tobytes() for b in epoch(True)]
+    assert spans != [((c != 0).sum(1).min(), (c != 0).sum(1).max()) for c in grouped]
+
+
 def test_scores_of_the_references_themselves_are_perfect(tiny):
     encoded, _, _ = tiny
     val = encoded["val"]

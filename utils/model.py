@@ -27,10 +27,20 @@ from keras import layers
 DECODERS = ("soft", "show_and_tell", "hard")
 ENCODERS = ("cnn", "features", "backbone")
 SCORINGS = ("additive", "dot")
+#: A training batch is cut after its longest caption, the decoder's step count rounded up to a
+#: multiple of this (:func:`step_buckets`): few distinct lengths, so few compiled decoders.
+TRIM_MULTIPLE = 4
 #: The REINFORCE baseline follows the mean reward as ``b <- DECAY * b + (1 - DECAY) * reward``.
 BASELINE_DECAY = 0.9
 
 serializable = keras.saving.register_keras_serializable(package="image_understanding")
+
+
+def step_buckets(positions: int, multiple: int = TRIM_MULTIPLE) -> tuple[int, ...]:
+    """The decoder step counts a training batch of ``int[B, positions]`` captions can be trimmed
+    to: the multiples of ``multiple`` below ``positions - 1``, and ``positions - 1`` itself."""
+    full = positions - 1
+    return tuple(range(multiple, full, multiple)) + (full,)
 
 
 @serializable
@@ -314,37 +324,45 @@ class DecoderOutput(NamedTuple):
 
 
 class CaptionDecoder(keras.layers.Layer):
-    """The step loop the decoders share: subclasses give ``initial_state`` and ``_step``."""
+    """The step loop the decoders share: subclasses give ``initial_state`` and ``_step``, and
+    own ``dropout`` and ``logits`` layers (the output layer, ``features -> [.., V]``)."""
 
     def initial_state(self, regions: tf.Tensor) -> tuple:
         """The per-image state (a tuple of tensors leading with ``B``) before ``<start>``."""
         raise NotImplementedError
 
     def _step(self, tokens, state, training):
-        """:meth:`step`, plus the step's sampled glimpse (hard attention while training) or
-        ``None``: ``(logits, new_state, weights, glimpse)``."""
+        """One step up to the output layer: ``(features [B, F], new_state, weights, glimpse)``;
+        the glimpse is the sampled region (hard attention while training) or ``None``."""
         raise NotImplementedError
+
+    def _output(self, features, training):
+        """Dropout, then the output layer: ``[..., F]`` -> float32 logits ``[..., V]``."""
+        return self.logits(self.dropout(features, training=training))
 
     def step(self, tokens, state, training=False):
         """Feed ``int[B]`` tokens; return ``logits [B, V]``, the new state, ``weights [B, R]``."""
-        logits, state, weights, _ = self._step(tokens, state, training)
-        return logits, state, weights
+        features, state, weights, _ = self._step(tokens, state, training)
+        return self._output(features, training), state, weights
 
     def teacher_force(self, regions, tokens, training=False) -> DecoderOutput:
         """Feed every position of ``tokens [B, T]`` (starting with ``<start>``) in turn. The loop is
-        unrolled: ``T`` is small and fixed."""
+        unrolled: ``T`` is small and fixed. The output layer, the largest matrix product when
+        the vocabulary is large, runs once on all ``B x T`` positions after the loop: one big
+        product keeps the cores busier than ``T`` small ones, and the result is the same."""
         state = self.initial_state(regions)
-        all_logits, all_weights, glimpses = [], [], []
+        all_features, all_weights, glimpses = [], [], []
         for t in range(tokens.shape[1]):
-            logits, state, weights, glimpse = self._step(tokens[:, t], state, training)
-            all_logits.append(logits)
+            features, state, weights, glimpse = self._step(tokens[:, t], state, training)
+            all_features.append(features)
             all_weights.append(weights)
             glimpses.append(glimpse)
         if glimpses[0] is not None:
             glimpses = Glimpses(*(tf.stack(field, axis=1) for field in zip(*glimpses)))
         else:
             glimpses = None
-        return DecoderOutput(tf.stack(all_logits, axis=1), tf.stack(all_weights, axis=1), glimpses)
+        logits = self._output(tf.stack(all_features, axis=1), training)
+        return DecoderOutput(logits, tf.stack(all_weights, axis=1), glimpses)
 
     def call(self, regions, tokens, training=False):
         """Teacher forcing: ``tokens [B, T]`` -> ``logits [B, T, V]``, ``weights [B, T, R]``."""
@@ -400,8 +418,7 @@ class AttentionDecoder(CaptionDecoder):
         if self.gate is not None:
             context = self.gate(h) * context
         output, (h, c) = self.cell(tf.concat([word, context], axis=-1), [h, c], training=training)
-        features = self.dropout(tf.concat([output, context, word], axis=-1), training=training)
-        return self.logits(features), (h, c, keys, regions), weights, glimpse
+        return tf.concat([output, context, word], axis=-1), (h, c, keys, regions), weights, glimpse
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embed_dim": self.embed_dim,
@@ -498,8 +515,7 @@ class ShowAndTellDecoder(CaptionDecoder):
         h, c, uniform = state
         word = self.embedding(tokens)
         output, (h, c) = self.cell(word, [h, c], training=training)
-        features = self.dropout(tf.concat([output, word], axis=-1), training=training)
-        return self.logits(features), (h, c, uniform), uniform, None
+        return tf.concat([output, word], axis=-1), (h, c, uniform), uniform, None
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embed_dim": self.embed_dim,
@@ -675,12 +691,21 @@ class Captioner(keras.Model):
     def metrics(self):
         return [self.loss_tracker]
 
-    def objective(self, images, captions, training: bool = False) -> Objective:
-        """The terms of the training objective for one batch (see :class:`Objective`)."""
+    def objective(self, images, captions, training: bool = False, trim: bool = False) -> Objective:
+        """The terms of the training objective for one batch (see :class:`Objective`).
+
+        With ``trim``, the decoder runs only as many steps as the batch's longest caption needs,
+        rounded up to one of :func:`step_buckets` (see :meth:`_trimmed_objective`); the terms are
+        the same as without, since padding is masked out of every one of them."""
         if not self.built:  # fit can get here first: build through a call, as fit used to
             self((images[:1], captions[:1, :-1]))
-        targets = captions[:, 1:]
         regions = self.encoder(images, training=training)
+        if trim and captions.shape[1] is not None and captions.shape[1] - 1 > TRIM_MULTIPLE:
+            return self._trimmed_objective(regions, captions, training)
+        return self._objective(regions, captions, training)
+
+    def _objective(self, regions, captions, training) -> Objective:
+        targets = captions[:, 1:]
         output = self._decode(regions, captions[:, :-1], training=training)
         loss = masked_cross_entropy(targets, output.logits, label_smoothing=self.label_smoothing)
         if self.attention_regularization:
@@ -689,6 +714,27 @@ class Captioner(keras.Model):
         if output.glimpses is None:
             return Objective(loss, 0.0, None)
         return self._reinforce(targets, output, loss)
+
+    def _trimmed_objective(self, regions, captions, training) -> Objective:
+        """:meth:`_objective` on ``captions`` cut after the batch's longest caption, its step
+        count rounded up to a bucket. The bucket is picked inside the graph (``tf.switch_case``),
+        so one traced training step serves every batch, and each branch's decoder is compiled
+        for its own fixed length: a handful of lengths, not one per batch."""
+        buckets = step_buckets(captions.shape[1])
+        steps = tf.reduce_max(tf.reduce_sum(tf.cast(captions != 0, tf.int32), axis=1)) - 1
+        index = tf.reduce_sum(tf.cast(tf.constant(buckets) < steps, tf.int32))
+        sampled = isinstance(self.decoder, HardAttentionDecoder)
+
+        def branch(length):
+            def run():
+                terms = self._objective(regions, captions[:, : length + 1], training)
+                # Every branch must return tensors of one structure: no None, no Python float.
+                reward = terms.reward if sampled else tf.zeros([0])
+                return tf.convert_to_tensor(terms.loss), tf.convert_to_tensor(terms.reinforce), reward
+            return run
+
+        loss, reinforce, reward = tf.switch_case(index, [branch(length) for length in buckets])
+        return Objective(loss, reinforce, reward if sampled else None)
 
     def _reinforce(self, targets, output: DecoderOutput, loss) -> Objective:
         """Hard attention's REINFORCE term (Xu et al., eq. 12): the reward is each caption's
@@ -708,7 +754,7 @@ class Captioner(keras.Model):
     def train_step(self, data):
         images, captions = data
         with tf.GradientTape() as tape:
-            terms = self.objective(images, captions, training=True)
+            terms = self.objective(images, captions, training=True, trim=True)
             total = terms.loss + terms.reinforce
             replicas = _replicas_in_sync()
             if replicas > 1:  # the optimizer sums the replicas' gradients: each brings its share

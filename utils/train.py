@@ -22,17 +22,29 @@ from .text import Vocabulary
 RUN_INFO = "run.json"
 
 
+#: With ``group_by_length``, examples are sorted by caption length within chunks of this many
+#: batches: long enough that each chunk holds every length, short enough to stay random.
+LENGTH_GROUP_BATCHES = 16
+
+
 def training_pipeline(split: EncodedSplit, batch_size: int, seed: int = 0, *,
-                      steps_per_epoch: int | None = None, first_epoch: int = 0) -> tf.data.Dataset:
+                      steps_per_epoch: int | None = None, first_epoch: int = 0,
+                      group_by_length: bool = True) -> tf.data.Dataset:
     """Endless ``(images, captions)`` batches, ``steps_per_epoch`` of them per epoch (default:
     one pass), starting at epoch ``first_epoch``.
 
     Epoch ``e`` visits the images in an order, and picks for each image one of its reference
     captions, that depend only on ``(seed, e)``. So a run resumed at epoch ``e`` sees exactly the
     batches the uninterrupted run saw, and ends with the same weights.
+
+    With ``group_by_length`` each batch holds captions of about one length: the shuffled
+    examples are sorted by length within chunks of :data:`LENGTH_GROUP_BATCHES` batches, cut
+    into batches, and the batches shuffled. Training trims every batch to its longest caption
+    (``Captioner.train_step``), so little time is spent on padding.
     """
     count, references = len(split), split.captions.shape[1]
     steps = steps_per_epoch or count // batch_size
+    examples = steps * batch_size
     pixels, captions = tf.constant(split.pixels), tf.constant(split.captions)
 
     def epoch_batches(epoch):
@@ -40,8 +52,22 @@ def training_pipeline(split: EncodedSplit, batch_size: int, seed: int = 0, *,
         order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=seeds)
         picks = tf.random.stateless_uniform([count], seed=seeds + [1, 0], maxval=references,
                                             dtype=tf.int32)
-        examples = tf.data.Dataset.from_tensor_slices((order, picks)).repeat()
-        return examples.batch(batch_size, drop_remainder=True).take(steps)
+        # More steps than one pass: the same order again, as Dataset.repeat() would give.
+        repeats = -(-examples // count)
+        order, picks = tf.tile(order, [repeats])[:examples], tf.tile(picks, [repeats])[:examples]
+        if group_by_length:
+            picked = tf.gather_nd(captions, tf.stack([order, picks], axis=-1))
+            lengths = tf.reduce_sum(tf.cast(picked != 0, tf.int32), axis=1)
+            chunk = tf.range(examples) // (batch_size * LENGTH_GROUP_BATCHES)
+            by_length = tf.argsort(chunk * (captions.shape[-1] + 1) + lengths, stable=True)
+            order, picks = tf.gather(order, by_length), tf.gather(picks, by_length)
+        order = tf.reshape(order, [steps, batch_size])
+        picks = tf.reshape(picks, [steps, batch_size])
+        if group_by_length:
+            shuffled = tf.random.experimental.stateless_shuffle(tf.range(steps),
+                                                                seed=seeds + [2, 0])
+            order, picks = tf.gather(order, shuffled), tf.gather(picks, shuffled)
+        return tf.data.Dataset.from_tensor_slices((order, picks))
 
     def gather(rows, picks):
         return tf.gather(pixels, rows), tf.gather_nd(captions, tf.stack([rows, picks], axis=-1))
@@ -309,7 +335,7 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
     ]
     history = model.fit(
         training_pipeline(train, profile.batch_size, seed, steps_per_epoch=steps,
-                          first_epoch=first_epoch),
+                          first_epoch=first_epoch, group_by_length=profile.group_by_length),
         steps_per_epoch=steps, epochs=profile.epochs, shuffle=False,  # the pipeline shuffles
         validation_data=validation_pipeline(val, profile.batch_size),
         callbacks=callbacks, verbose=verbose)
