@@ -189,12 +189,10 @@ def random_inputs(sizes: Sizes, rng: np.random.Generator, count: int) -> np.ndar
 
 def trimmed_positions(captions: np.ndarray) -> int:
     """The caption positions ``Captioner.train_step`` keeps of a batch of ``int[B, T]``
-    captions: the decoder steps the longest caption needs, rounded up to one of
-    :func:`utils.model.step_buckets`, plus one (the last target)."""
-    from utils.model import step_buckets
+    captions: :func:`utils.model.trimmed_steps`, plus one (the last target)."""
+    from utils.model import trimmed_steps
 
-    steps = int(np.max(np.sum(captions != 0, axis=1))) - 1
-    return next(bucket for bucket in step_buckets(captions.shape[1]) if bucket >= steps) + 1
+    return trimmed_steps(captions) + 1
 
 
 # --- the two models ----------------------------------------------------------------------------

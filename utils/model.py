@@ -43,6 +43,14 @@ def step_buckets(positions: int, multiple: int = TRIM_MULTIPLE) -> tuple[int, ..
     return tuple(range(multiple, full, multiple)) + (full,)
 
 
+def trimmed_steps(captions) -> int:
+    """The decoder steps ``Captioner.train_step`` runs on a batch of ``int[B, positions]``
+    captions: those its longest caption needs, rounded up to one of :func:`step_buckets`."""
+    captions = keras.ops.convert_to_numpy(captions)
+    needed = int((captions != 0).sum(axis=1).max()) - 1
+    return next(bucket for bucket in step_buckets(captions.shape[1]) if bucket >= needed)
+
+
 @serializable
 class RegionEncoder(keras.layers.Layer):
     """A small CNN trained from scratch: ``uint8[B, H, W, 3]`` -> ``float[B, R, D]``.
