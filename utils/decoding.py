@@ -228,6 +228,13 @@ def _choose_beams(step, log_probs, hypotheses, plan, knobs):
     beam only ever continues itself), its new word and that word's log-probability.
     """
     batch, beams = plan.batch_size, plan.width
+    if beams == 1:
+        # Greedy: all continuations of a row share its score and length, so the best of the
+        # ranking is the row's most probable word; no [N, V] ranking is built. A finished row's
+        # word becomes padding in _extend, and it scores 0, as in the general case.
+        tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        chosen = tf.gather(log_probs, tokens, batch_dims=1)
+        return None, tokens, tf.where(hypotheses.finished, 0.0, chosen)
     vocab = log_probs.shape[-1]
     # A finished caption has a single continuation, padding at no cost: it keeps its score and
     # its beam slot, and cannot be copied into several beams.
@@ -240,8 +247,6 @@ def _choose_beams(step, log_probs, hypotheses, plan, knobs):
     chosen_log_probs = tf.gather(tf.reshape(word_log_probs, [batch, beams * vocab]), best,
                                  batch_dims=1)
     tokens = tf.reshape(best % vocab, [-1])
-    if beams == 1:
-        return None, tokens, tf.reshape(chosen_log_probs, [-1])
     parents = best // vocab + beams * tf.range(batch)[:, None]  # rows in [0, N)
     return tf.reshape(parents, [-1]), tokens, tf.reshape(chosen_log_probs, [-1])
 
