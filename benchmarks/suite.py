@@ -293,9 +293,9 @@ def bench_peak(mode: Mode) -> list[dict]:
 
 def bench_training(sizes: Sizes, mode: Mode, variants: dict | None = None) -> list[dict]:
     """Training step: the reference (random batches padded to the fixed length, keys every step,
-    output layer per step, no XLA) vs the fast path as ``fit`` runs it (batches grouped by
-    caption length and trimmed to their longest, keys once, output layer once over all
-    positions, XLA on the decoder)."""
+    output layer per step, no XLA) vs the fast path as ``fit`` runs it (batches trimmed to their
+    longest caption, and grouped by caption length unless the encoder is the CNN; keys once,
+    output layer once over all positions, XLA on the decoder)."""
     import keras
 
     rng = np.random.default_rng(1)
@@ -318,7 +318,7 @@ def bench_training(sizes: Sizes, mode: Mode, variants: dict | None = None) -> li
         keras.mixed_precision.set_global_policy("float32")
         step = fast_train_step(model)
         # Full-length captions, as fit feeds them: the train step trims each batch itself.
-        fed = grouped_by_length(batches) if options.get("grouped", True) else batches
+        fed = grouped_by_length(batches) if options.get("grouped", fit_groups(sizes)) else batches
         kept = [trimmed_positions(c) for _, c in fed]
         positions[name] = float(np.mean(kept))
         flops[name] = float(np.mean([training_flops(sizes, p - 1) for p in kept]))
@@ -354,6 +354,12 @@ def bench_training(sizes: Sizes, mode: Mode, variants: dict | None = None) -> li
                               gflop_per_step_reference=flops["reference"] / 1e9,
                               gflop_per_step_fast=flops[name] / 1e9, peak_gflops=peak / 1e9))
     return records
+
+
+def fit_groups(sizes: Sizes) -> bool:
+    """Whether ``utils.train.fit`` groups batches by length for this encoder: not for the CNN,
+    whose batch normalisation needs random batches (``utils.train.groups_by_length``)."""
+    return sizes.encoder != "cnn"
 
 
 def grouped_by_length(batches: list) -> list:
@@ -579,7 +585,9 @@ def bench_quality(mode: Mode) -> list[dict]:
 
             def caption(pixels, model=model):
                 return [vocabulary.decode(row) for row in model.greedy_batch(pixels, words)]
-        batches = iter(train.training_pipeline(splits["train"], profile.batch_size, 0))
+        # random batches, as fit gives the CNN encoder (train.groups_by_length)
+        batches = iter(train.training_pipeline(splits["train"], profile.batch_size, 0,
+                                               group_by_length=False))
         rates, trained, done = [], 0.0, 0
         for minutes in mode.quality_minutes:
             while trained < 60 * minutes:
@@ -625,15 +633,16 @@ def machine_info() -> dict:
     return info
 
 
-def training_variants(mode: Mode, gpu: bool) -> dict[str, dict]:
-    """The fast-path settings timed against the reference: the book's (batches grouped by
-    length, XLA), without XLA, and in the full run with random batches (trimmed all the same);
-    on a GPU also with mixed precision."""
+def training_variants(mode: Mode, gpu: bool, sizes: Sizes) -> dict[str, dict]:
+    """The fast-path settings timed against the reference: as ``fit`` runs it, without XLA, and
+    in the full run with the other batching (random batches where fit groups them by length,
+    grouped where it does not); on a GPU also with mixed precision."""
     if mode.name == "smoke":
         return {"fast": {"jit": True}}
     variants = {"fast": {"jit": True}, "fast, no XLA": {"jit": False}}
     if mode.name == "full":
-        variants["fast, random batches"] = {"jit": True, "grouped": False}
+        other = "fast, random batches" if fit_groups(sizes) else "fast, grouped by length"
+        variants[other] = {"jit": True, "grouped": not fit_groups(sizes)}
     if gpu:
         variants["fast, mixed precision"] = {"jit": True, "mixed_precision": True}
         variants["fast, mixed precision, no XLA"] = {"jit": False, "mixed_precision": True}
@@ -656,7 +665,8 @@ def run_suite(mode: Mode, groups=GROUPS, log=print) -> dict:
         if group in ("training", "decoding"):
             for size in (mode.training_sizes if group == "training" else mode.decoding_sizes):
                 if group == "training":
-                    records += bench_training(SIZES[size], mode, training_variants(mode, gpu))
+                    records += bench_training(SIZES[size], mode,
+                                              training_variants(mode, gpu, SIZES[size]))
                 else:
                     records += bench_decoding(SIZES[size], mode)
         else:

@@ -61,6 +61,18 @@ def test_grouping_by_length_reorders_an_epoch_without_changing_it(tiny):
     assert spans != [((c != 0).sum(1).min(), (c != 0).sum(1).max()) for c in grouped]
 
 
+def test_fit_groups_by_length_only_where_no_batch_norm_trains(tiny):
+    _, _, profile = tiny
+    cnn = Captioner(12, filters=(8, 8, 16), embed_dim=8, units=16, attention_units=8)
+    features = Captioner(12, encoder="features", region_dim=8, embed_dim=8, units=16,
+                         attention_units=8)
+    assert profile.group_by_length is None  # automatic
+    assert not train.groups_by_length(cnn, profile)
+    assert train.groups_by_length(features, profile)
+    assert train.groups_by_length(cnn, profile.replace(group_by_length=True))
+    assert not train.groups_by_length(features, profile.replace(group_by_length=False))
+
+
 def test_scores_of_the_references_themselves_are_perfect(tiny):
     encoded, _, _ = tiny
     val = encoded["val"]

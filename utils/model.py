@@ -62,6 +62,10 @@ class RegionEncoder(keras.layers.Layer):
     attended object is ("left of", "above").
     """
 
+    #: Its batch normalisation uses each training batch's own statistics: batches must be
+    #: random samples (see utils.train.groups_by_length).
+    trains_batch_norm = True
+
     def __init__(self, filters: tuple[int, int, int] = (32, 64, 128), dim: int = 128, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.dim = tuple(filters), dim
@@ -106,6 +110,8 @@ class _PositionedRegions(keras.layers.Layer):
     """What the two backbone encoders share: a ReLU projection of ``[B, R, C]`` backbone
     features to ``[B, R, dim]``, dropout, and a learned position embedding per region (a
     backbone's features say *what* is in a cell much more clearly than *where* the cell is)."""
+
+    trains_batch_norm = False  # no batch normalisation, or (backbones) in inference mode
 
     def __init__(self, dim: int, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)

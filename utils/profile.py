@@ -40,7 +40,9 @@ class Profile:
     patience: int | None = None  # early stopping: epochs without a better validation score
     mixed_precision: bool = False  # mixed_float16 where a GPU is visible
     jit_compile: bool = True
-    group_by_length: bool = True  # batches of similar caption length, trimmed to the longest
+    # Batches of similar caption length (train.groups_by_length): None = unless the encoder
+    # trains batch normalisation, which grouped batches would mislead.
+    group_by_length: bool | None = None
 
     def replace(self, **changes) -> "Profile":
         """Return a copy with some knobs changed (for experiments in a chapter)."""

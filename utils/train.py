@@ -29,7 +29,7 @@ LENGTH_GROUP_BATCHES = 16
 
 def training_pipeline(split: EncodedSplit, batch_size: int, seed: int = 0, *,
                       steps_per_epoch: int | None = None, first_epoch: int = 0,
-                      group_by_length: bool = True) -> tf.data.Dataset:
+                      group_by_length: bool = False) -> tf.data.Dataset:
     """Endless ``(images, captions)`` batches, ``steps_per_epoch`` of them per epoch (default:
     one pass), starting at epoch ``first_epoch``.
 
@@ -40,7 +40,8 @@ def training_pipeline(split: EncodedSplit, batch_size: int, seed: int = 0, *,
     With ``group_by_length`` each batch holds captions of about one length: the shuffled
     examples are sorted by length within chunks of :data:`LENGTH_GROUP_BATCHES` batches, cut
     into batches, and the batches shuffled. Training trims every batch to its longest caption
-    (``Captioner.train_step``), so little time is spent on padding.
+    (``Captioner.train_step``), so little time is spent on padding. ``fit`` decides with
+    :func:`groups_by_length`.
     """
     count, references = len(split), split.captions.shape[1]
     steps = steps_per_epoch or count // batch_size
@@ -75,6 +76,24 @@ def training_pipeline(split: EncodedSplit, batch_size: int, seed: int = 0, *,
     batches = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_batches)
     return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def groups_by_length(model, profile) -> bool:
+    """Whether ``fit`` groups ``model``'s training batches by caption length: as
+    ``profile.group_by_length`` says, and when that is ``None``, unless the encoder trains batch
+    normalisation (the small CNN does; cached features and backbones, whose batch
+    normalisation runs in inference mode, do not).
+
+    Batch normalisation normalises with the statistics of the batch it is in. Grouped by length,
+    a batch holds captions of one length, and on Shapes that means scenes with one number of
+    objects, so those statistics tell the network what kind of scene the batch holds, a hint
+    that is gone at test time, where the running averages over all scenes are used. Measured on
+    the ``cpu`` profile (``benchmarks/grouping.py``): grouped, the validation loss rises after a
+    few epochs and the exact-caption rate ends well below that of random batches.
+    """
+    if profile.group_by_length is not None:
+        return profile.group_by_length
+    return not getattr(model.encoder, "trains_batch_norm", False)
 
 
 def _resumed_epoch(backup_dir: pathlib.Path) -> int:
@@ -335,7 +354,8 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
     ]
     history = model.fit(
         training_pipeline(train, profile.batch_size, seed, steps_per_epoch=steps,
-                          first_epoch=first_epoch, group_by_length=profile.group_by_length),
+                          first_epoch=first_epoch,
+                          group_by_length=groups_by_length(model, profile)),
         steps_per_epoch=steps, epochs=profile.epochs, shuffle=False,  # the pipeline shuffles
         validation_data=validation_pipeline(val, profile.batch_size),
         callbacks=callbacks, verbose=verbose)
