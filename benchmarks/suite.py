@@ -200,7 +200,8 @@ def trimmed_positions(captions: np.ndarray) -> int:
 
 def build_fast(sizes: Sizes, *, jit: bool = True, end_id: int = 3, learning_rate: float = 1e-3):
     """The book's :class:`utils.model.Captioner` at ``sizes``, built and compiled (Adam,
-    gradient clipping as :func:`utils.train.compile_for_training`), no dropout."""
+    gradient clipping as :func:`utils.train.compile_for_training`), no dropout, trimming
+    batches where ``fit`` would."""
     from utils.model import Captioner
 
     model = Captioner(sizes.vocab, encoder=sizes.encoder, region_dim=sizes.region_dim,
@@ -211,6 +212,7 @@ def build_fast(sizes: Sizes, *, jit: bool = True, end_id: int = 3, learning_rate
     model((inputs, np.full((1, 1), 2, np.int32)))
     model.compile(optimizer=model.make_optimizer(learning_rate, clipnorm=5.0))
     model.optimizer.build(model.trainable_variables)
+    model.trim_batches = fit_groups(sizes)  # as utils.train.fit sets it
     return model
 
 
@@ -293,9 +295,9 @@ def bench_peak(mode: Mode) -> list[dict]:
 
 def bench_training(sizes: Sizes, mode: Mode, variants: dict | None = None) -> list[dict]:
     """Training step: the reference (random batches padded to the fixed length, keys every step,
-    output layer per step, no XLA) vs the fast path as ``fit`` runs it (batches trimmed to their
-    longest caption, and grouped by caption length unless the encoder is the CNN; keys once,
-    output layer once over all positions, XLA on the decoder)."""
+    output layer per step, no XLA) vs the fast path as ``fit`` runs it (keys once, output layer
+    once over all positions, XLA on the decoder; batches grouped by caption length and trimmed
+    to their longest caption, unless the encoder is the CNN)."""
     import keras
 
     rng = np.random.default_rng(1)
@@ -316,10 +318,13 @@ def bench_training(sizes: Sizes, mode: Mode, variants: dict | None = None) -> li
             "mixed_float16" if options.get("mixed_precision") else "float32")
         model = build_fast(sizes, jit=options["jit"])
         keras.mixed_precision.set_global_policy("float32")
+        # As fit does: grouped batches are trimmed (by the train step itself: full-length
+        # captions go in), random ones are not.
+        grouped = options.get("grouped", fit_groups(sizes))
+        model.trim_batches = grouped
         step = fast_train_step(model)
-        # Full-length captions, as fit feeds them: the train step trims each batch itself.
-        fed = grouped_by_length(batches) if options.get("grouped", fit_groups(sizes)) else batches
-        kept = [trimmed_positions(c) for _, c in fed]
+        fed = grouped_by_length(batches) if grouped else batches
+        kept = [trimmed_positions(c) if grouped else sizes.positions for _, c in fed]
         positions[name] = float(np.mean(kept))
         flops[name] = float(np.mean([training_flops(sizes, p - 1) for p in kept]))
         started = time.perf_counter()

@@ -142,6 +142,7 @@ def test_a_finished_run_is_loaded_and_a_mismatched_one_is_not(tiny, tmp_path):
     encoded, vocab, profile = tiny
     model = _model(vocab, profile)
     train.fit(model, encoded["train"], encoded["val"], vocab, profile, tmp_path / "run", verbose=0)
+    assert not model.trim_batches  # the CNN: random batches, not trimmed
     loaded = train.load_finished_run(tmp_path / "run", profile, vocab)
     pixels = encoded["val"].pixels[:3]
     np.testing.assert_array_equal(loaded.greedy(pixels, 6)[0].numpy(), model.greedy(pixels, 6)[0].numpy())
@@ -221,6 +222,7 @@ def test_fit_on_cached_backbone_features(tiny, tmp_path):
     history = train.fit(model, splits["train"], splits["val"], vocab, profile, tmp_path / "run",
                         verbose=0)
     assert {"val_exact", "val_cider"} <= set(history.history)
+    assert model.trim_batches  # cached features: grouped by length and trimmed
     captions, attention = train.caption_images(model, splits["val"].pixels, vocab, 6)
     assert len(captions) == len(splits["val"]) and attention.shape[-1] == 64
     # a second call finds every feature cached and computes nothing

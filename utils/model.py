@@ -339,25 +339,22 @@ class DecoderOutput(NamedTuple):
 
 class CaptionDecoder(keras.layers.Layer):
     """The step loop the decoders share: subclasses give ``initial_state`` and ``_step``, and
-    own ``dropout`` and ``logits`` layers (the output layer, ``features -> [.., V]``)."""
+    own a ``logits`` layer (the output layer, ``features -> [.., V]``)."""
 
     def initial_state(self, regions: tf.Tensor) -> tuple:
         """The per-image state (a tuple of tensors leading with ``B``) before ``<start>``."""
         raise NotImplementedError
 
     def _step(self, tokens, state, training):
-        """One step up to the output layer: ``(features [B, F], new_state, weights, glimpse)``;
-        the glimpse is the sampled region (hard attention while training) or ``None``."""
+        """One step up to the output layer: ``(features [B, F], new_state, weights, glimpse)``,
+        dropout applied to the features; the glimpse is the sampled region (hard attention while
+        training) or ``None``."""
         raise NotImplementedError
-
-    def _output(self, features, training):
-        """Dropout, then the output layer: ``[..., F]`` -> float32 logits ``[..., V]``."""
-        return self.logits(self.dropout(features, training=training))
 
     def step(self, tokens, state, training=False):
         """Feed ``int[B]`` tokens; return ``logits [B, V]``, the new state, ``weights [B, R]``."""
         features, state, weights, _ = self._step(tokens, state, training)
-        return self._output(features, training), state, weights
+        return self.logits(features), state, weights
 
     def teacher_force(self, regions, tokens, training=False) -> DecoderOutput:
         """Feed every position of ``tokens [B, T]`` (starting with ``<start>``) in turn. The loop is
@@ -375,7 +372,9 @@ class CaptionDecoder(keras.layers.Layer):
             glimpses = Glimpses(*(tf.stack(field, axis=1) for field in zip(*glimpses)))
         else:
             glimpses = None
-        logits = self._output(tf.stack(all_features, axis=1), training)
+        # (Dropout stays in the loop, on each step's [B, F]: applied once to the stacked
+        # [B, T, F] it made the XLA-compiled training step twice as slow on a CPU.)
+        logits = self.logits(tf.stack(all_features, axis=1))
         return DecoderOutput(logits, tf.stack(all_weights, axis=1), glimpses)
 
     def call(self, regions, tokens, training=False):
@@ -432,7 +431,8 @@ class AttentionDecoder(CaptionDecoder):
         if self.gate is not None:
             context = self.gate(h) * context
         output, (h, c) = self.cell(tf.concat([word, context], axis=-1), [h, c], training=training)
-        return tf.concat([output, context, word], axis=-1), (h, c, keys, regions), weights, glimpse
+        features = self.dropout(tf.concat([output, context, word], axis=-1), training=training)
+        return features, (h, c, keys, regions), weights, glimpse
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embed_dim": self.embed_dim,
@@ -529,7 +529,8 @@ class ShowAndTellDecoder(CaptionDecoder):
         h, c, uniform = state
         word = self.embedding(tokens)
         output, (h, c) = self.cell(word, [h, c], training=training)
-        return tf.concat([output, word], axis=-1), (h, c, uniform), uniform, None
+        features = self.dropout(tf.concat([output, word], axis=-1), training=training)
+        return features, (h, c, uniform), uniform, None
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embed_dim": self.embed_dim,
@@ -644,6 +645,11 @@ class Captioner(keras.Model):
         else:
             self.decoder = ShowAndTellDecoder(vocab_size, embed_dim, units, dropout)
         self._teacher_force_by_length = {}  # see _decode
+        #: Whether train_step cuts each batch after its longest caption (_trimmed_objective).
+        #: utils.train.fit sets it to whether it groups batches by length: in random batches
+        #: nearly every batch holds a long caption, so the cut saves little and the branch it
+        #: needs in the graph costs more than that.
+        self.trim_batches = True
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
     @classmethod
@@ -768,7 +774,7 @@ class Captioner(keras.Model):
     def train_step(self, data):
         images, captions = data
         with tf.GradientTape() as tape:
-            terms = self.objective(images, captions, training=True, trim=True)
+            terms = self.objective(images, captions, training=True, trim=self.trim_batches)
             total = terms.loss + terms.reinforce
             replicas = _replicas_in_sync()
             if replicas > 1:  # the optimizer sums the replicas' gradients: each brings its share

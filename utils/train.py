@@ -334,6 +334,8 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
     if not model.built:  # BackupAndRestore needs the weights to exist before fit
         model((train.pixels[:1], train.captions[:1, 0, :-1]))
     steps = profile.steps_per_epoch or len(train) // profile.batch_size
+    grouped = groups_by_length(model, profile)
+    model.trim_batches = grouped  # see Captioner.trim_batches
     compile_for_training(model, profile, steps)
     best_path = run_dir / "best.weights.h5"
     if not (run_dir / "backup").exists():
@@ -355,7 +357,7 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
     history = model.fit(
         training_pipeline(train, profile.batch_size, seed, steps_per_epoch=steps,
                           first_epoch=first_epoch,
-                          group_by_length=groups_by_length(model, profile)),
+                          group_by_length=grouped),
         steps_per_epoch=steps, epochs=profile.epochs, shuffle=False,  # the pipeline shuffles
         validation_data=validation_pipeline(val, profile.batch_size),
         callbacks=callbacks, verbose=verbose)
