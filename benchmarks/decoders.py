@@ -39,6 +39,19 @@ def score(model, split, vocabulary, max_words: int) -> dict:
     return result
 
 
+def write_report(out: pathlib.Path, benchmark: str, profile: str, results: dict) -> None:
+    """Write ``results`` to ``out`` as JSON, with the machine, the versions and the date."""
+    import tensorflow as tf
+
+    report = {"benchmark": benchmark, "profile": profile, "results": results,
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "python": platform.python_version(), "tensorflow": tf.__version__},
+              "date": datetime.date.today().isoformat()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print("wrote", out)
+
+
 def _previous_minutes(path: pathlib.Path, decoder: str) -> float | None:
     """The training time a previous results file recorded for ``decoder``, if any."""
     try:
@@ -79,14 +92,7 @@ def main() -> None:
                                for name in ("test", "test_novel")}}
         print(decoder, json.dumps({k: results[decoder]["test"][k]
                                    for k in ("Bleu_4", "CIDEr", "exact")}), f"{minutes:.1f} min")
-    import tensorflow as tf
-    report = {"benchmark": "decoders", "profile": profile.name, "results": results,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "python": platform.python_version(), "tensorflow": tf.__version__},
-              "date": datetime.date.today().isoformat()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print("wrote", out)
+    write_report(out, "decoders", profile.name, results)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,13 @@ batch and its test scores. ``--reuse`` scores runs a previous invocation finishe
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import pathlib
-import platform
 import time
 
 import numpy as np
 
 import utils
+from benchmarks.decoders import write_report
 from utils import datasets, evaluation, train
 from utils.model import Captioner, trimmed_steps
 
@@ -72,14 +69,7 @@ def main() -> None:
             "test_exact_by_objects": {key: rates[key]["exact"] for key in
                                       ("1 object", "2 objects", "3 objects") if key in rates}}
         print(name, {k: results[name][k] for k in ("decoder_steps_per_batch", "test_exact")})
-    import tensorflow as tf
-    report = {"benchmark": "grouping", "profile": profile.name, "results": results,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "python": platform.python_version(), "tensorflow": tf.__version__},
-              "date": datetime.date.today().isoformat()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print("wrote", out)
+    write_report(out, "grouping", profile.name, results)
 
 
 if __name__ == "__main__":
