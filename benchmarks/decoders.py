@@ -21,7 +21,7 @@ import time
 
 import utils
 from utils import datasets, evaluation, metrics, train
-from utils.model import Captioner
+from utils.captioner import captioner_from_profile
 
 DECODERS = ("soft", "show_and_tell", "hard")
 
@@ -75,7 +75,7 @@ def main() -> None:
     results = {}
     for decoder in args.decoders:
         utils.setup(args.profile)  # the same seed for every decoder
-        model = Captioner.from_profile(profile, len(vocabulary), decoder=decoder)
+        model = captioner_from_profile(profile, len(vocabulary), decoder=decoder)
         run_dir = datasets.data_root() / "runs" / f"bench-{decoder}-{profile.name}"
         previous = _previous_minutes(out, decoder) if args.reuse else None
         if previous is not None and (run_dir / train.RUN_INFO).exists():

@@ -20,7 +20,7 @@ import numpy as np
 import utils
 from benchmarks.decoders import write_report
 from utils import datasets, evaluation, train
-from utils.model import Captioner, trimmed_steps
+from utils.captioner import captioner_from_profile, trimmed_steps
 
 
 def mean_steps(split, profile, grouped: bool) -> float:
@@ -47,7 +47,7 @@ def main() -> None:
         name = "grouped by length" if grouped else "random batches"
         utils.setup(args.profile)  # the same seed for both
         run_profile = profile.replace(group_by_length=grouped)
-        model = Captioner.from_profile(run_profile, len(vocabulary))
+        model = captioner_from_profile(run_profile, len(vocabulary))
         run_dir = datasets.data_root() / "runs" / f"grouping-{int(grouped)}-{profile.name}"
         started = time.perf_counter()
         if args.reuse and (run_dir / train.RUN_INFO).exists():

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from utils.model import RegionEncoder
+from utils.encoders import RegionEncoder
 
 
 class ReferenceFeatureEncoder(keras.layers.Layer):

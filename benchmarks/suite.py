@@ -190,7 +190,7 @@ def random_inputs(sizes: Sizes, rng: np.random.Generator, count: int) -> np.ndar
 def trimmed_positions(captions: np.ndarray) -> int:
     """The caption positions ``Captioner.train_step`` keeps of a batch of ``int[B, T]``
     captions: :func:`utils.model.trimmed_steps`, plus one (the last target)."""
-    from utils.model import trimmed_steps
+    from utils.captioner import trimmed_steps
 
     return trimmed_steps(captions) + 1
 
@@ -202,15 +202,16 @@ def build_fast(sizes: Sizes, *, jit: bool = True, end_id: int = 3, learning_rate
     """The book's :class:`utils.model.Captioner` at ``sizes``, built and compiled (Adam,
     gradient clipping as :func:`utils.train.compile_for_training`), no dropout, trimming
     batches where ``fit`` would."""
-    from utils.model import Captioner
+    from utils.backbones import make_optimizer
+    from utils.captioner import build_captioner
 
-    model = Captioner(sizes.vocab, encoder=sizes.encoder, region_dim=sizes.region_dim,
+    model = build_captioner(sizes.vocab, encoder=sizes.encoder, region_dim=sizes.region_dim,
                       filters=sizes.filters, embed_dim=sizes.embed_dim, units=sizes.units,
                       attention_units=sizes.attention_units, dropout=0.0, jit_decoder=jit,
                       end_id=end_id)
     inputs = random_inputs(sizes, np.random.default_rng(0), 1)
     model((inputs, np.full((1, 1), 2, np.int32)))
-    model.compile(optimizer=model.make_optimizer(learning_rate, clipnorm=5.0))
+    model.compile(optimizer=make_optimizer(model, learning_rate, clipnorm=5.0))
     model.optimizer.build(model.trainable_variables)
     model.trim_batches = fit_groups(sizes)  # as utils.train.fit sets it
     return model

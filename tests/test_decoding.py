@@ -9,7 +9,7 @@ tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
 from utils import decoding  # noqa: E402
-from utils.model import Captioner  # noqa: E402
+from utils.captioner import build_captioner, greedy_decode  # noqa: E402
 
 # Toy vocabulary: 0 padding, 1 <start>, 2 <end>, 3 and 4 two words. Only 2, 3, 4 can be emitted.
 PAD, START, END, A, B = range(5)
@@ -347,7 +347,7 @@ def test_one_step_sample_frequencies_follow_the_tempered_distribution(temperatur
 @pytest.fixture(scope="module")
 def captioner_and_images():
     keras.utils.set_random_seed(0)
-    model = Captioner(vocab_size=12, filters=(8, 8, 16), embed_dim=8, units=16,
+    model = build_captioner(12, filters=(8, 8, 16), embed_dim=8, units=16,
                       attention_units=8, jit_decoder=False)
     images = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
     model((images[:1], np.full((1, 3), model.start_id, np.int32)))
@@ -361,7 +361,7 @@ def captioner_and_images():
 
 def test_captioner_beam_of_one_matches_model_greedy(captioner_and_images):
     model, images = captioner_and_images
-    ids, weights = model.greedy(images, 7)
+    ids, weights = greedy_decode(model, images, 7)
     result = decoding.decode_images(model, images, max_length=7)
     np.testing.assert_array_equal(result.sequences[:, 0], ids)
     lengths = result.lengths.numpy()[:, 0]

@@ -11,7 +11,7 @@ SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-    from utils.model import Captioner
+    from utils.captioner import build_captioner
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (8, 64, 64, 3), dtype=np.uint8)
@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
     def one_step(strategy):
         keras.utils.set_random_seed(3)
         with strategy.scope():
-            model = Captioner(12, filters=(8, 8, 16), embed_dim=8, units=16, attention_units=8,
+            model = build_captioner(12, filters=(8, 8, 16), embed_dim=8, units=16, attention_units=8,
                               jit_decoder=False)
             model((images[:1], captions[:1, :-1]))
             model.compile(optimizer=keras.optimizers.SGD(0.5))

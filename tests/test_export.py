@@ -10,7 +10,7 @@ tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
 from utils import export  # noqa: E402
-from utils.model import Captioner  # noqa: E402
+from utils.captioner import build_captioner  # noqa: E402
 from utils.text import Vocabulary  # noqa: E402
 
 WORDS = ["a", "red", "blue", "circle", "square", "left", "of", "and"]
@@ -18,7 +18,7 @@ WORDS = ["a", "red", "blue", "circle", "square", "left", "of", "and"]
 
 def tiny_captioner(vocab_size, seed=0):
     keras.utils.set_random_seed(seed)
-    model = Captioner(vocab_size, filters=(8, 8, 16), embed_dim=8, units=16, attention_units=8,
+    model = build_captioner(vocab_size, filters=(8, 8, 16), embed_dim=8, units=16, attention_units=8,
                       jit_decoder=False)
     model((np.zeros((1, 64, 64, 3), np.uint8), np.zeros((1, 1), np.int32)))
     return model

@@ -4,13 +4,15 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
-from utils.model import (AdditiveAttention, Captioner, masked_cross_entropy,  # noqa: E402
-                         step_buckets)
+from utils.attention import AdditiveAttention  # noqa: E402
+from utils.backbones import make_optimizer  # noqa: E402
+from utils.captioner import build_captioner, greedy_decode, step_buckets  # noqa: E402
+from utils.losses import masked_cross_entropy  # noqa: E402
 
 
 def tiny_captioner(vocab_size=12, jit=False, **settings):
-    return Captioner(vocab_size, filters=(8, 8, 16), embed_dim=8, units=16, attention_units=8,
-                     jit_decoder=jit, **settings)
+    return build_captioner(vocab_size, filters=(8, 8, 16), embed_dim=8, units=16,
+                           attention_units=8, jit_decoder=jit, **settings)
 
 
 def test_teacher_forced_shapes():
@@ -48,7 +50,7 @@ def test_attention_projects_keys_once_and_weights_sum_to_one():
 
 def test_greedy_pads_after_end():
     model = tiny_captioner()
-    ids, weights = model.greedy(tf.zeros((4, 64, 64, 3), tf.uint8), 6)
+    ids, weights = greedy_decode(model, tf.zeros((4, 64, 64, 3), tf.uint8), 6)
     ids = ids.numpy()
     assert ids.shape == (4, 6) and weights.shape == (4, 6, 64)
     for row in ids:
@@ -68,15 +70,15 @@ def test_model_learns_to_caption_a_few_images(jit):
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     history = model.fit(images, captions, batch_size=4, epochs=60, verbose=0)
     assert history.history["loss"][-1] < 0.2 * history.history["loss"][0]
-    ids, _ = model.greedy(tf.constant(images), 4)
+    ids, _ = greedy_decode(model, tf.constant(images), 4)
     np.testing.assert_array_equal(ids.numpy()[:, :3], captions[:, 1:4])
     del rng
 
 
 # --- decoders, training terms, serialisation ------------------------------------------------
 
-from utils.model import (  # noqa: E402
-    HardAttentionDecoder, doubly_stochastic_penalty, token_cross_entropy)
+from utils.decoders import HardAttentionDecoder  # noqa: E402
+from utils.losses import doubly_stochastic_penalty, token_cross_entropy  # noqa: E402
 
 #: Every decoder the Captioner offers, with the attention options worth covering.
 DECODER_SETTINGS = {
@@ -112,7 +114,7 @@ def test_every_decoder_has_the_shared_interface_gradients_and_learns(settings):
     state = model.decoder.initial_state(model.encoder(images))
     step_logits, _, step_weights = model.decoder.step(captions[:, 0], state)
     assert step_logits.shape == (4, 12) and step_weights.shape == (4, 64)
-    ids, attention = model.greedy(images, 5)
+    ids, attention = greedy_decode(model, images, 5)
     assert ids.shape == (4, 5) and attention.shape == (4, 5, 64)
 
     with tf.GradientTape() as tape:
@@ -180,7 +182,7 @@ def test_trimmed_training_step_gives_the_full_length_terms_and_gradients(setting
         np.testing.assert_allclose(tf.convert_to_tensor(short).numpy(),
                                    tf.convert_to_tensor(long).numpy(), atol=1e-6)
     # one graph holds a decoder for every bucket; the batch picks one when it runs
-    assert sorted(model._teacher_force_by_length) == [4, 8, 12, 16, 17]
+    assert sorted(model.compiled_decoders) == [4, 8, 12, 16, 17]
 
 
 def test_teacher_forcing_applies_the_output_layer_once_with_the_same_logits():
@@ -301,7 +303,7 @@ def test_default_captioner_is_unchanged():
     """The book's chapter 5 model: numbers from the soft-attention-only version of this module
     (commit 1c9f7f7), same seed, same inputs. New options must not move them."""
     keras.utils.set_random_seed(3)
-    model = Captioner(12, filters=(8, 8, 16), embed_dim=8, units=16, attention_units=8,
+    model = build_captioner(12, filters=(8, 8, 16), embed_dim=8, units=16, attention_units=8,
                       jit_decoder=False)
     images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     tokens = np.array([[2, 5, 6, 3], [2, 7, 3, 0]], np.int32)
@@ -329,11 +331,11 @@ def test_keras_file_round_trip(settings, tmp_path):
     rng = np.random.default_rng(8)
     for weight in model.decoder.trainable_weights:
         weight.assign(rng.normal(scale=0.5, size=weight.shape).astype("float32"))
-    assert Captioner.from_config(model.get_config()).get_config() == model.get_config()
+    assert type(model).from_config(model.get_config()).get_config() == model.get_config()
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert type(loaded.decoder) is type(model.decoder)
-    for a, b in zip(model.greedy(images, 5), loaded.greedy(images, 5)):
+    for a, b in zip(greedy_decode(model, images, 5), greedy_decode(loaded, images, 5)):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
@@ -354,9 +356,9 @@ def test_feature_encoder_trains_on_cached_features():
     features = tf.constant(np.random.default_rng(0).normal(size=(4, 49, 40)), tf.float16)
     logits, weights = model((features, captions[:, :-1]))
     assert logits.shape == (4, 4, 12) and weights.shape == (4, 4, 49)
-    ids, _ = model.greedy(features, 5)
+    ids, _ = greedy_decode(model, features, 5)
     assert ids.shape == (4, 5)
-    model.compile(optimizer=model.make_optimizer(1e-2), run_eagerly=True)
+    model.compile(optimizer=make_optimizer(model, 1e-2), run_eagerly=True)
     losses = model.fit(features, captions, batch_size=4, epochs=10, verbose=0).history["loss"]
     assert losses[-1] < 0.7 * losses[0]
 
@@ -370,11 +372,11 @@ def test_fine_tuned_backbone_learns_at_its_own_rate(factor):
                            trainable_layers=1, backbone_learning_rate_factor=factor)
     images, captions = tiny_batch()
     model((images, captions[:, :-1]))
-    backbone = model.encoder.backbone_variables()
+    backbone = model.encoder.backbone.trainable_variables
     assert backbone, "the last layer of the backbone should be trainable"
     before = [v.numpy().copy() for v in backbone]
     projection = model.encoder.project.kernel.numpy().copy()
-    model.compile(optimizer=model.make_optimizer(1e-2))
+    model.compile(optimizer=make_optimizer(model, 1e-2))
     model.fit(images, captions, batch_size=4, epochs=2, verbose=0)
     moved = [not np.allclose(a, v.numpy()) for a, v in zip(before, backbone)]
     assert any(moved) == (factor > 0)
@@ -385,8 +387,8 @@ def test_frozen_backbone_has_no_trainable_variables():
     model = tiny_captioner(encoder="backbone", backbone="shapes_cnn", backbone_weights=None)
     images, captions = tiny_batch()
     model((images, captions[:, :-1]))
-    assert model.encoder.backbone_variables() == []
-    assert type(model.make_optimizer(1e-3)).__name__ == "Adam"
+    assert model.encoder.backbone.trainable_variables == []
+    assert type(make_optimizer(model, 1e-3)).__name__ == "Adam"
 
 
 @pytest.fixture
@@ -408,7 +410,7 @@ def test_mixed_precision_trains_with_float32_logits_and_loss_scaling(mixed_preci
     logits, weights = model((images, captions[:, :-1]))
     assert logits.dtype == tf.float32 and weights.dtype == tf.float32
     assert model.encoder(images).dtype == tf.float16
-    model.compile(optimizer=model.make_optimizer(1e-2))
+    model.compile(optimizer=make_optimizer(model, 1e-2))
     assert type(model.optimizer).__name__ == "LossScaleOptimizer"
     losses = model.fit(images, captions, batch_size=4, epochs=12, verbose=0).history["loss"]
     assert np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0]

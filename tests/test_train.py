@@ -8,7 +8,9 @@ tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
 from utils import datasets, shapes, text, train  # noqa: E402
-from utils.model import Captioner  # noqa: E402
+from utils.backbones import make_optimizer  # noqa: E402, F401
+from utils.captioner import (build_captioner, caption_log_likelihood,  # noqa: E402
+                             captioner_from_profile, greedy_decode)
 from utils.profile import get_profile  # noqa: E402
 
 
@@ -63,8 +65,8 @@ def test_grouping_by_length_reorders_an_epoch_without_changing_it(tiny):
 
 def test_fit_groups_by_length_only_where_no_batch_norm_trains(tiny):
     _, _, profile = tiny
-    cnn = Captioner(12, filters=(8, 8, 16), embed_dim=8, units=16, attention_units=8)
-    features = Captioner(12, encoder="features", region_dim=8, embed_dim=8, units=16,
+    cnn = build_captioner(12, filters=(8, 8, 16), embed_dim=8, units=16, attention_units=8)
+    features = build_captioner(12, encoder="features", region_dim=8, embed_dim=8, units=16,
                          attention_units=8)
     assert profile.group_by_length is None  # automatic
     assert not train.groups_by_length(cnn, profile)
@@ -82,7 +84,7 @@ def test_scores_of_the_references_themselves_are_perfect(tiny):
 
 def _model(vocab, profile):
     keras.utils.set_random_seed(0)
-    return Captioner.from_profile(profile, len(vocab))
+    return captioner_from_profile(profile, len(vocab))
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -145,7 +147,7 @@ def test_a_finished_run_is_loaded_and_a_mismatched_one_is_not(tiny, tmp_path):
     assert not model.trim_batches  # the CNN: random batches, not trimmed
     loaded = train.load_finished_run(tmp_path / "run", profile, vocab)
     pixels = encoded["val"].pixels[:3]
-    np.testing.assert_array_equal(loaded.greedy(pixels, 6)[0].numpy(), model.greedy(pixels, 6)[0].numpy())
+    np.testing.assert_array_equal(greedy_decode(loaded, pixels, 6)[0].numpy(), greedy_decode(model, pixels, 6)[0].numpy())
     assert train.load_finished_run(tmp_path / "run", profile.replace(units=8), vocab) is None
     assert train.load_finished_run(tmp_path / "nothing", profile, vocab) is None
 
@@ -199,7 +201,7 @@ def test_log_likelihood_and_relation_preference(tiny):
     targets = captions[:, 1:]
     expected = [sum(log_probs[i, t, targets[i, t]] for t in range(targets.shape[1]) if targets[i, t])
                 for i in range(4)]
-    np.testing.assert_allclose(model.log_likelihood(test.pixels[:4], captions), expected, rtol=1e-5)
+    np.testing.assert_allclose(caption_log_likelihood(model, test.pixels[:4], captions), expected, rtol=1e-5)
     result = train.relation_preference(model, test, vocab)
     assert result["pairs"] > 0 and 0.0 <= result["preference"] <= 1.0
 
@@ -218,7 +220,7 @@ def test_fit_on_cached_backbone_features(tiny, tmp_path):
     assert splits["train"].pixels.shape[1:] == (64, 128) and splits["train"].pixels.dtype == np.float16
     assert splits["val"].captions.shape[1:] == (5, profile.max_caption_tokens + 2)
     keras.utils.set_random_seed(0)
-    model = Captioner.from_profile(profile, len(vocab), encoder="features", region_dim=32)
+    model = captioner_from_profile(profile, len(vocab), encoder="features", region_dim=32)
     history = train.fit(model, splits["train"], splits["val"], vocab, profile, tmp_path / "run",
                         verbose=0)
     assert {"val_exact", "val_cider"} <= set(history.history)

@@ -161,7 +161,7 @@ def _run_train(args: argparse.Namespace) -> None:
 
     from . import datasets, setup, train
     from .export import save_captioner
-    from .model import Captioner
+    from .captioner import captioner_from_profile
 
     setup(profile.name, seed=args.seed)
     vocabulary, splits = train.prepare_shapes(profile, args.seed)
@@ -171,7 +171,7 @@ def _run_train(args: argparse.Namespace) -> None:
     options = {"decoder": args.decoder}
     model = train.load_finished_run(training_dir, profile, vocabulary, **options)
     if model is None:
-        model = Captioner.from_profile(profile, len(vocabulary), **options)
+        model = captioner_from_profile(profile, len(vocabulary), **options)
         train.fit(model, splits["train"], splits["val"], vocabulary, profile, training_dir,
                   seed=args.seed, verbose=2)
     else:

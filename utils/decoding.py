@@ -330,7 +330,7 @@ def _result(hypotheses: _Hypotheses, plan: _Plan, alpha, has_attention: bool) ->
     )
 
 
-# --- The book's Captioner (utils.model) ------------------------------------------------------
+# --- The book's Captioner (utils.captioner) --------------------------------------------------
 
 
 def captioner_initial_state(model, images: tf.Tensor) -> dict:

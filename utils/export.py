@@ -45,8 +45,6 @@ VOCABULARY_FILE = "vocabulary.json"
 METADATA_FILE = "export.json"
 #: Default caption length limit when no profile says otherwise (profile.max_caption_tokens + 1).
 DEFAULT_MAX_LENGTH = 17
-#: The package name under which the model classes are registered for ``.keras`` loading.
-PACKAGE = "image_understanding"
 
 
 class ExportMismatchError(ValueError):
@@ -90,25 +88,14 @@ def _file_hash(path: pathlib.Path) -> str:
 
 
 def register_model_classes() -> None:
-    """Register the captioner's classes for ``.keras`` loading, unless ``utils.model`` already
-    did (registering a name twice is an error in Keras, so this checks first)."""
-    import keras
+    """Make the captioner's classes known to Keras' loader. Importing their modules registers
+    them: each class is decorated with ``keras.saving.register_keras_serializable``."""
+    from . import captioner  # noqa: F401
 
-    from . import model as model_module
 
-    for name in ("Captioner", "RegionEncoder", "AdditiveAttention", "AttentionDecoder"):
-        cls = getattr(model_module, name, None)
-        if cls is None:
-            continue
-        registered = keras.saving.get_registered_name(cls)
-        if registered != cls.__name__:  # already registered under some package name
-            continue
-        if keras.saving.get_registered_object(f"{PACKAGE}>{name}") is not None:
-            continue
-        try:
-            keras.saving.register_keras_serializable(package=PACKAGE)(cls)
-        except ValueError:  # registered meanwhile by someone else: harmless
-            pass
+def _vocab_size(model) -> int | None:
+    """How many words the model's decoder predicts (``None`` if it does not say)."""
+    return getattr(getattr(model, "decoder", None), "vocab_size", None)
 
 
 def save_captioner(model, vocabulary: Vocabulary, path: str | os.PathLike, *, image_size: int,
@@ -132,7 +119,7 @@ def save_captioner(model, vocabulary: Vocabulary, path: str | os.PathLike, *, im
         max_length = (profile.max_caption_tokens + 1 if hasattr(profile, "max_caption_tokens")
                       else DEFAULT_MAX_LENGTH)
     config = model.get_config()
-    vocab_size = config.get("vocab_size")
+    vocab_size = _vocab_size(model)
     if vocab_size is not None and vocab_size != len(vocabulary):
         raise ExportMismatchError(f"the model predicts {vocab_size} words but the vocabulary has "
                                   f"{len(vocabulary)}")
@@ -254,9 +241,9 @@ def load_captioner(path: str | os.PathLike) -> LoadedCaptioner:
     folder, metadata, vocabulary = check_export(path)
     register_model_classes()
     model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
-    config = model.get_config()
-    if config.get("vocab_size", metadata["vocabulary_size"]) != metadata["vocabulary_size"]:
-        raise ExportMismatchError(f"{folder / MODEL_FILE} predicts {config['vocab_size']} words "
+    vocab_size = _vocab_size(model)
+    if vocab_size is not None and vocab_size != metadata["vocabulary_size"]:
+        raise ExportMismatchError(f"{folder / MODEL_FILE} predicts {vocab_size} words "
                                   f"but {METADATA_FILE} says {metadata['vocabulary_size']}")
     grid = getattr(getattr(model, "encoder", None), "grid", None)
     size = int(metadata["image_size"])

@@ -1,11 +1,11 @@
-"""CNN backbones that turn an image into a grid of region vectors, and a disk cache of them.
+"""The feature cache: a frozen backbone's region features, computed once and kept on disk.
 
 A captioner with attention needs one vector per image *region*, not one per image: the last
 convolutional feature map (8x8x2048 for InceptionV3) flattened to ``[R, C]`` = ``[64, 2048]``.
-With a frozen ImageNet backbone these features never change, so they are computed once, stored
-on disk as float16, and read back by the training loop; :func:`extract_features` and
-:class:`FeatureCache` do that. Shapes used throughout: ``B`` batch, ``S`` input side in pixels,
-``R`` regions, ``C`` channels per region.
+With a frozen ImageNet backbone (:mod:`utils.backbones`) these features never change, so they
+are computed once, stored on disk as float16, and read back by the training loop;
+:func:`extract_features` and :class:`FeatureCache` do that. Shapes used throughout: ``B`` batch,
+``S`` input side in pixels, ``R`` regions, ``C`` channels per region.
 """
 from __future__ import annotations
 
@@ -27,171 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from . import images
-from .model import RegionEncoder
-
-
-@dataclasses.dataclass(frozen=True)
-class Backbone:
-    """How one CNN is built and fed.
-
-    ``constructor`` is the ``keras.applications`` function (``None`` for the book's own CNN);
-    ``preprocess_input`` maps pixels 0..255 to the range the network was trained on (some
-    networks, e.g. EfficientNet, normalise inside themselves and their function returns its input).
-    """
-
-    name: str
-    input_size: int  # S: the network sees S x S pixels
-    grid: tuple[int, int]  # rows and columns of the last feature map
-    channels: int  # C
-    constructor: Callable[..., keras.Model] | None
-    preprocess_input: Callable | None
-    summary: str
-
-    @property
-    def regions(self) -> int:
-        """R, the number of grid cells."""
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def feature_shape(self) -> tuple[int, int]:
-        """``(R, C)``, the shape of one image's features."""
-        return self.regions, self.channels
-
-
-_apps = keras.applications
-BACKBONES: dict[str, Backbone] = {b.name: b for b in [
-    Backbone("inception_v3", 299, (8, 8), 2048, _apps.InceptionV3,
-             _apps.inception_v3.preprocess_input,
-             "InceptionV3, the encoder of most Show-Attend-Tell reimplementations"),
-    Backbone("resnet50", 224, (7, 7), 2048, _apps.ResNet50, _apps.resnet50.preprocess_input,
-             "ResNet-50 (caffe-style input: BGR, ImageNet mean subtracted)"),
-    Backbone("mobilenet_v3", 224, (7, 7), 960, _apps.MobileNetV3Large,
-             _apps.mobilenet_v3.preprocess_input,
-             "MobileNetV3-Large, small and fast (normalises pixels inside the network)"),
-    Backbone("efficientnet_b0", 224, (7, 7), 1280, _apps.EfficientNetB0,
-             _apps.efficientnet.preprocess_input,
-             "EfficientNet-B0 (normalises pixels inside the network)"),
-    Backbone("shapes_cnn", 64, (8, 8), 128, None, None,
-             "the book's small CNN (utils.model.RegionEncoder), trained with the decoder"),
-]}
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be downloaded (usually: no internet); says what to do."""
-
-
-def get_backbone(name: str) -> Backbone:
-    """The registry entry ``name``; an unknown name raises ``ValueError`` listing the known ones."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
-    return BACKBONES[name]
-
-
-def preprocess(name: str, pixels) -> tf.Tensor:
-    """Normalise ``[B, S, S, 3]`` pixels (0..255, uint8 or float) as backbone ``name`` expects.
-
-    Models from :func:`build_backbone` call this themselves as their first layer: feed them raw
-    pixels. Call it directly only to look at what the network sees.
-    """
-    backbone = get_backbone(name)
-    # A float copy first: keras' preprocess_input edits NumPy float arrays in place.
-    floats = tf.cast(pixels, "float32")
-    return floats if backbone.preprocess_input is None else backbone.preprocess_input(floats)
-
-
-class Preprocess(keras.layers.Layer):
-    """:func:`preprocess` as a layer, so a backbone model takes raw pixels."""
-
-    def __init__(self, backbone_name: str, **kwargs):
-        super().__init__(**kwargs)
-        self.backbone_name = backbone_name
-
-    def call(self, pixels):
-        return preprocess(self.backbone_name, pixels)
-
-    def get_config(self):
-        return {**super().get_config(), "backbone_name": self.backbone_name}
-
-
-def build_backbone(name: str, weights: str | os.PathLike | None = "imagenet") -> keras.Model:
-    """A model mapping ``[B, S, S, 3]`` pixels (0..255, uint8 or float) to ``float32[B, R, C]``
-    (float16 under a mixed-precision policy).
-
-    ``weights``: ``"imagenet"`` (downloaded by Keras once, into its cache), ``None`` (random
-    initialisation) or the path of a weights file. The network is built with
-    ``include_top=False``: no global pooling, no classifier, so the last feature map survives
-    as a grid of regions. This is the working form of the seed article's
-    ``model.layers.pop()``, which does not cut a Keras model: popping from the ``layers`` list
-    leaves the computation graph, and so the model's output, unchanged.
-
-    ``shapes_cnn`` is the book's small CNN (:class:`utils.model.RegionEncoder`). It has no
-    ImageNet weights: it is meant to be trained jointly with the decoder, and features from a
-    randomly initialised copy are only useful for tests.
-
-    Offline, ``"imagenet"`` raises :class:`WeightsUnavailableError` saying where to put the file.
-    """
-    backbone = get_backbone(name)
-    _check_weights_argument(backbone, weights)
-    side = backbone.input_size
-    pixels = keras.Input((side, side, 3), name="pixels")
-    normalised = Preprocess(name, name="preprocess")(pixels)
-    if backbone.constructor is None:
-        regions = RegionEncoder(name="region_encoder")(normalised)
-    else:
-        grid = _pretrained_cnn(backbone, weights)(normalised)
-        regions = keras.layers.Reshape(backbone.feature_shape, name="regions")(grid)
-    model = keras.Model(pixels, regions, name=f"{name}_regions")
-    if backbone.constructor is None and weights is not None:
-        model.load_weights(weights)
-    return model
-
-
-def _check_weights_argument(backbone: Backbone, weights) -> None:
-    if weights == "imagenet" and backbone.constructor is None:
-        raise ValueError(
-            f"{backbone.name} has no ImageNet weights: it is trained from scratch together with "
-            "the decoder. Pass weights=None for a fresh copy, or the path of saved weights.")
-    if weights not in (None, "imagenet") and not pathlib.Path(weights).is_file():
-        raise FileNotFoundError(f"weights file for {backbone.name} not found: {weights}")
-
-
-# keras.utils.get_file raises a bare Exception with this text when a download fails.
-_FETCH_FAILURE = re.compile(r"URL fetch failure on (\S+?): (.*)", re.DOTALL)
-
-
-def _pretrained_cnn(backbone: Backbone, weights) -> keras.Model:
-    side = backbone.input_size
-    try:
-        return backbone.constructor(include_top=False, weights=weights, input_shape=(side, side, 3))
-    except Exception as error:
-        failure = _FETCH_FAILURE.search(str(error))
-        if failure is None:
-            raise
-        raise WeightsUnavailableError(
-            _weights_advice(backbone.name, failure.group(1), failure.group(2))) from error
-
-
-def _weights_advice(name: str, url: str, reason: str) -> str:
-    filename = url.rsplit("/", 1)[-1]
-    reason = reason.split(" -- ")[-1].strip()  # Keras writes "<errno> -- <reason>"
-    return (
-        f"ImageNet weights for {name} are not available: Keras could not download {url} "
-        f"({reason}). Without internet: copy {filename} (fetched on a machine that has "
-        f"internet) into {_keras_cache_folder()}/, where Keras looks first, or pass "
-        f"weights='/path/to/{filename}'. Or run the book on the embedded Shapes dataset "
-        "(BOOK_DATASET=shapes, the default of the cpu and smoke profiles), whose small CNN "
-        "needs no downloaded weights.")
-
-
-def _keras_cache_folder() -> pathlib.Path:
-    """Where ``keras.utils.get_file`` keeps models: ``$KERAS_HOME/models``, by default
-    ``~/.keras/models``."""
-    try:
-        from keras.src.backend.config import keras_home  # Keras 3 has no public accessor
-        home = keras_home()
-    except ImportError:
-        home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    return pathlib.Path(os.path.expanduser(home)) / "models"
+from .backbones import (  # noqa: F401  (the backbones used to live here)
+    BACKBONES, Backbone, WeightsUnavailableError, build_backbone, get_backbone, preprocess)
 
 
 def describe_weights(weights: str | os.PathLike | None) -> str:

@@ -190,6 +190,7 @@ def relation_preference(model, split: EncodedSplit, vocabulary, batch_size: int 
     "below"), scored by teacher-forced log-likelihood. 0.5 is what a model blind to where
     things are would get. Returns ``{"pairs": count, "preference": share, "margin": mean
     log-likelihood difference}``. Shapes only (it needs the true scenes)."""
+    from .captioner import caption_log_likelihood
     from .evaluation import relation_pairs
 
     pairs = relation_pairs(split.references, split.scenes)
@@ -203,7 +204,7 @@ def relation_preference(model, split: EncodedSplit, vocabulary, batch_size: int 
     for start in range(0, len(pairs), batch_size):
         chunk = slice(start, start + batch_size)
         images = split.pixels[rows[chunk]]
-        true, swapped = (model.log_likelihood(images, encoded[side][chunk]).numpy()
+        true, swapped = (caption_log_likelihood(model, images, encoded[side][chunk]).numpy()
                          for side in (1, 2))
         differences.append(true - swapped)
     differences = np.concatenate(differences)
@@ -307,13 +308,15 @@ def distribution_strategy() -> tf.distribute.Strategy:
 
 
 def compile_for_training(model, profile, steps_per_epoch: int) -> None:
-    """The model's Adam (see Captioner.make_optimizer) with a cosine-decayed learning rate and
-    gradient-norm clipping."""
+    """The model's Adam (:func:`utils.backbones.make_optimizer`) with a cosine-decayed learning
+    rate and gradient-norm clipping."""
+    from .backbones import make_optimizer
+
     total_steps = max(profile.epochs * steps_per_epoch, 1)
     schedule = keras.optimizers.schedules.CosineDecay(
         profile.learning_rate, decay_steps=total_steps,
         alpha=profile.final_learning_rate / profile.learning_rate)
-    model.compile(optimizer=model.make_optimizer(schedule, clipnorm=5.0))
+    model.compile(optimizer=make_optimizer(model, schedule, clipnorm=5.0))
 
 
 HISTORY = "history.csv"
@@ -400,8 +403,9 @@ def prepare_shapes(profile, seed: int = 0) -> tuple[Vocabulary, dict[str, Encode
 def load_finished_run(run_dir: str | pathlib.Path, profile, vocabulary: Vocabulary, **options):
     """The captioner a finished :func:`fit` left in ``run_dir``, or ``None`` when there is none
     or it was trained with other settings or another vocabulary. ``options`` are the
-    :meth:`Captioner.from_profile` options it was built with (``decoder="hard"``, ...)."""
-    from .model import Captioner
+    :func:`utils.captioner.captioner_from_profile` options it was built with
+    (``decoder="hard"``, ...)."""
+    from .captioner import captioner_from_profile
 
     run_dir = pathlib.Path(run_dir)
     try:
@@ -411,7 +415,7 @@ def load_finished_run(run_dir: str | pathlib.Path, profile, vocabulary: Vocabula
     settings = json.loads(json.dumps(dataclasses.asdict(profile)))  # tuples become lists, as stored
     if info.get("profile") != settings or info.get("words") != vocabulary.words:
         return None
-    model = Captioner.from_profile(profile, len(vocabulary), **options)
+    model = captioner_from_profile(profile, len(vocabulary), **options)
     size = profile.image_size
     model((np.zeros((1, size, size, 3), np.uint8), np.zeros((1, 1), np.int32)))
     try:
@@ -425,9 +429,9 @@ def train_or_load(profile, run_name: str = "05_implementation", seed: int = 0,
                   verbose: int | str = 2, **options):
     """A trained Shapes captioner for ``profile``: the one chapter 5 left behind in
     ``runs/<run_name>-<profile>`` if it matches, else a new one trained now. ``options`` go to
-    :meth:`Captioner.from_profile` (chapter 5 also trains ``decoder="show_and_tell"`` and
+    :func:`utils.captioner.captioner_from_profile` (chapter 5 also trains ``decoder="show_and_tell"`` and
     ``"hard"`` as ``05_<decoder>`` for three epochs). Returns ``(model, vocabulary, splits)``."""
-    from .model import Captioner
+    from .captioner import captioner_from_profile
 
     profile = profile.replace(dataset="shapes")  # as chapter 5 trains it, whatever BOOK_DATASET
     vocabulary, splits = prepare_shapes(profile, seed)
@@ -435,7 +439,7 @@ def train_or_load(profile, run_name: str = "05_implementation", seed: int = 0,
     model = load_finished_run(run_dir, profile, vocabulary, **options)
     if model is None:
         print(f"no finished run in {run_dir.name}: training one now")
-        model = Captioner.from_profile(profile, len(vocabulary), **options)
+        model = captioner_from_profile(profile, len(vocabulary), **options)
         fit(model, splits["train"], splits["val"], vocabulary, profile, run_dir, seed, verbose)
     else:
         print(f"loaded the captioner trained in {run_dir.name}")
