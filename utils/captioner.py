@@ -116,19 +116,17 @@ class Captioner(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     def get_config(self):
-        return {**super().get_config(),
-                "encoder": keras.saving.serialize_keras_object(self.encoder),
-                "decoder": keras.saving.serialize_keras_object(self.decoder),
-                "start_id": self.start_id, "end_id": self.end_id,
+        # The parts without their input shapes: build() builds them together, as for a new model.
+        parts = {part: {**keras.saving.serialize_keras_object(getattr(self, part)),
+                        "build_config": None} for part in ("encoder", "decoder")}
+        return {**super().get_config(), **parts, "start_id": self.start_id, "end_id": self.end_id,
                 "label_smoothing": self.label_smoothing,
                 "attention_regularization": self.attention_regularization}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        # The parts come unbuilt: build() creates their weights together, as for a new model.
-        parts = {part: keras.saving.deserialize_keras_object({**config.pop(part),
-                                                              "build_config": None})
+        parts = {part: keras.saving.deserialize_keras_object(config.pop(part))
                  for part in ("encoder", "decoder")}
         return cls(**parts, **config)
 # <<< chapters/05_implementation.ipynb
