@@ -13,7 +13,7 @@ BOOK_PROFILE ?= auto
 # Executing one chapter may take this long before it is stopped (seconds).
 CHAPTER_TIMEOUT ?= 3600
 
-.PHONY: venv system-deps test unit notebooks book execute site sync clean bench
+.PHONY: venv system-deps test unit notebooks book execute site sync code clean bench
 
 # The virtual environment is rebuilt when the pins change.
 $(STAMP): requirements.txt pyproject.toml
@@ -76,6 +76,10 @@ bench: $(STAMP)
 # Keep each chapter's .ipynb and .md pair in step (edit either, then run this).
 sync: $(STAMP)
 	$(PY) -m jupytext --sync $(CHAPTERS)
+
+# Copy the chapters' #@save cells into utils/ (book/chapter_code.py; after `make sync`).
+code: sync
+	$(PY) book/chapter_code.py --write
 
 clean:
 	rm -rf book/_build runs

@@ -4,7 +4,7 @@ A chapter code cell whose first line is ``#@save utils/NAME.py`` defines code th
 holds too (Dive into Deep Learning's ``#@save``). In ``utils/NAME.py`` every such cell appears,
 in chapter order, as a block between two marker lines::
 
-    # >>> chapters/05_implementation.ipynb, "5.4 The encoder": edit it there, then `make code`
+    # >>> chapters/05_implementation.ipynb, section 5.4: edit it there, then `make code`
     <the cell's code, without its #@save line>
     # <<< chapters/05_implementation.ipynb
 
@@ -46,7 +46,9 @@ class SavedCell:
 
     def block(self) -> str:
         """The block that stands for this cell in its module."""
-        return (f'{BEGIN}{self.notebook}, "{self.section}": edit it there, then `make code`\n'
+        number = self.section.split()[0]
+        where = f"section {number}" if re.fullmatch(r"\d+(\.\d+)*", number) else self.section
+        return (f"{BEGIN}{self.notebook}, {where}: edit it there, then `make code`\n"
                 f"{self.code}{END}{self.notebook}\n")
 
 
@@ -168,7 +170,8 @@ def check(root: pathlib.Path = ROOT) -> list[str]:
         for first, last, _ in module.blocks[len(module_cells):]:
             problems.append(f"{name} lines {first}-{last} are a chapter block, but no #@save "
                             "cell of the chapters stands for it; run `make code`")
-        if len(problems) == before and module.written(module_cells) != (root / name).read_text("utf-8"):
+        text = (root / name).read_text("utf-8")
+        if len(problems) == before and module.written(module_cells) != text:
             problems.append(f"{name}: the block markers are out of date (a section was renamed "
                             "or moved); run `make code`")
     return problems

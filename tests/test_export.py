@@ -10,7 +10,7 @@ tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
 from utils import export  # noqa: E402
-from utils.captioner import build_captioner  # noqa: E402
+from utils.captioner import FastCaptioner, build_captioner  # noqa: E402
 from utils.text import Vocabulary  # noqa: E402
 
 WORDS = ["a", "red", "blue", "circle", "square", "left", "of", "and"]
@@ -56,7 +56,7 @@ def test_layout_and_metadata(saved):
 def test_round_trip_gives_identical_captions_and_attention(saved):
     model, vocabulary, path, files = saved
     loaded = export.load_captioner(path.parent / "captioner")
-    assert isinstance(loaded.model, Captioner) and loaded.vocabulary.words == vocabulary.words
+    assert isinstance(loaded.model, FastCaptioner) and loaded.vocabulary.words == vocabulary.words
     from utils.images import load_rgb
     from utils.train import caption_images
 

@@ -14,7 +14,7 @@ from keras import layers, ops
 serializable = keras.saving.register_keras_serializable(package="image_understanding")
 
 
-# >>> chapters/05_implementation.ipynb, "5.5 Attention": edit it there, then `make code`
+# >>> chapters/05_implementation.ipynb, section 5.5: edit it there, then `make code`
 class RegionAttention(keras.layers.Layer):
     """What every scoring shares: softmax weights over the regions and their weighted mean.
 
@@ -60,7 +60,7 @@ class AdditiveAttention(RegionAttention):
 # <<< chapters/05_implementation.ipynb
 
 
-# >>> chapters/05_implementation.ipynb, "5.5 Attention": edit it there, then `make code`
+# >>> chapters/05_implementation.ipynb, section 5.5: edit it there, then `make code`
 @serializable
 class DotProductAttention(RegionAttention):
     """Scaled dot-product scoring ``e_i = (W_q q) . (W_k a_i) / sqrt(units)``.

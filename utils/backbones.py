@@ -188,7 +188,7 @@ def _keras_cache_folder() -> pathlib.Path:
     return pathlib.Path(os.path.expanduser(home)) / "models"
 
 
-# >>> chapters/05_implementation.ipynb, "5.16 The same pipeline on Flickr8k": edit it there, then `make code`
+# >>> chapters/05_implementation.ipynb, section 5.16: edit it there, then `make code`
 class PositionedRegions(keras.layers.Layer):
     """What the two backbone encoders share: a ReLU projection of ``[B, R, C]`` backbone
     features to ``[B, R, dim]``, dropout, and a learned position embedding per region (a

@@ -29,7 +29,7 @@ ENCODERS = ("cnn", "features", "backbone")
 SCORINGS = ("additive", "dot")
 
 
-# >>> chapters/05_implementation.ipynb, "5.7 The captioner and its training step": edit it there, then `make code`
+# >>> chapters/05_implementation.ipynb, section 5.7: edit it there, then `make code`
 class Objective(NamedTuple):
     """One batch's training terms: ``loss``, the cross-entropy (plus the attention regulariser,
     if asked for), which is what is logged; ``reinforce``, hard attention's REINFORCE surrogate
@@ -99,7 +99,7 @@ class Captioner(keras.Model):
         return [self.loss_tracker]
 
     def train_step(self, data):
-        images, captions = data
+        images, captions, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             terms = self.objective(images, captions, training=True)
             total = terms.loss + terms.reinforce
@@ -111,7 +111,7 @@ class Captioner(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     def test_step(self, data):
-        images, captions = data
+        images, captions, _ = keras.utils.unpack_x_y_sample_weight(data)
         self.loss_tracker.update_state(self.objective(images, captions).loss)
         return {"loss": self.loss_tracker.result()}
 
@@ -132,7 +132,7 @@ class Captioner(keras.Model):
 # <<< chapters/05_implementation.ipynb
 
 
-# >>> chapters/05_implementation.ipynb, "5.8 Greedy decoding": edit it there, then `make code`
+# >>> chapters/05_implementation.ipynb, section 5.8: edit it there, then `make code`
 def greedy_decode(model, images, max_length):
     """Caption ``images`` one word at a time, always taking the most probable word. Returns
     ``int[B, max_length]`` word ids (``<end>``, then 0s) and the attention weights
@@ -156,7 +156,7 @@ def greedy_decode(model, images, max_length):
 # <<< chapters/05_implementation.ipynb
 
 
-# >>> chapters/05_implementation.ipynb, "5.10 Making it fast": edit it there, then `make code`
+# >>> chapters/05_implementation.ipynb, section 5.10: edit it there, then `make code`
 #: A training batch is cut after its longest caption, the decoder's step count rounded up to a
 #: multiple of this (:func:`step_buckets`): few distinct lengths, so few compiled decoders.
 TRIM_MULTIPLE = 4
@@ -237,7 +237,7 @@ class FastCaptioner(Captioner):
         return Objective(loss, reinforce, reward if sampled else None)
 
     def train_step(self, data):
-        images, captions = data
+        images, captions, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             terms = self.objective(images, captions, training=True, trim=self.trim_batches)
             total = terms.loss + terms.reinforce
@@ -258,7 +258,7 @@ class FastCaptioner(Captioner):
 # <<< chapters/05_implementation.ipynb
 
 
-# >>> chapters/05_implementation.ipynb, "5.10 Making it fast": edit it there, then `make code`
+# >>> chapters/05_implementation.ipynb, section 5.11: edit it there, then `make code`
 def build_captioner(vocab_size, *, filters=(32, 64, 128), embed_dim=64, units=256,
                     attention_units=128, dropout=0.0, encoder="cnn", region_dim=None,
                     backbone=None, trainable_layers=0, backbone_weights="imagenet",
@@ -311,7 +311,7 @@ def captioner_from_profile(profile, vocab_size, **options):
 # <<< chapters/05_implementation.ipynb
 
 
-# >>> chapters/05_implementation.ipynb, "5.15 Three decoders side by side": edit it there, then `make code`
+# >>> chapters/05_implementation.ipynb, section 5.15: edit it there, then `make code`
 def caption_log_likelihood(model, images, captions):
     """``log p(caption | image)`` for ``captions int[B, T+1]`` (``<start> ... <end> 0 0``): the
     summed log-probabilities of its words and ``<end>``, padding not counted. ``[B]``."""

@@ -23,7 +23,7 @@ from .losses import real_token_mask, token_cross_entropy
 serializable = keras.saving.register_keras_serializable(package="image_understanding")
 
 
-# >>> chapters/05_implementation.ipynb, "5.6 The decoder": edit it there, then `make code`
+# >>> chapters/05_implementation.ipynb, section 5.6: edit it there, then `make code`
 class DecoderOutput(NamedTuple):
     """What teacher forcing returns: ``logits [B, T, V]``, attention ``weights [B, T, R]`` and,
     for hard attention while training, the regions it sampled (``None`` otherwise)."""
@@ -77,7 +77,7 @@ class CaptionDecoder(keras.layers.Layer):
 # <<< chapters/05_implementation.ipynb
 
 
-# >>> chapters/05_implementation.ipynb, "5.6 The decoder": edit it there, then `make code`
+# >>> chapters/05_implementation.ipynb, section 5.6: edit it there, then `make code`
 @serializable
 class AttentionDecoder(CaptionDecoder):
     """One LSTM step per word, attending softly over the regions before each word.
@@ -141,7 +141,7 @@ class AttentionDecoder(CaptionDecoder):
 # <<< chapters/05_implementation.ipynb
 
 
-# >>> chapters/05_implementation.ipynb, "5.15 Three decoders side by side": edit it there, then `make code`
+# >>> chapters/05_implementation.ipynb, section 5.15: edit it there, then `make code`
 @serializable
 class ShowAndTellDecoder(CaptionDecoder):
     """The attention-free baseline of Show and Tell (Vinyals et al.): the image, summarised as
@@ -181,7 +181,7 @@ class ShowAndTellDecoder(CaptionDecoder):
 # <<< chapters/05_implementation.ipynb
 
 
-# >>> chapters/05_implementation.ipynb, "5.15 Three decoders side by side": edit it there, then `make code`
+# >>> chapters/05_implementation.ipynb, section 5.15: edit it there, then `make code`
 class Glimpses(NamedTuple):
     """Where hard attention looked while training: ``[B]`` each for one step, ``[B, T]`` for a
     teacher-forced caption."""

@@ -12,7 +12,7 @@ from keras import layers, ops
 serializable = keras.saving.register_keras_serializable(package="image_understanding")
 
 
-# >>> chapters/05_implementation.ipynb, "5.4 The encoder": edit it there, then `make code`
+# >>> chapters/05_implementation.ipynb, section 5.4: edit it there, then `make code`
 @serializable
 class RegionEncoder(keras.layers.Layer):
     """A small CNN trained from scratch: ``uint8[B, H, W, 3]`` -> ``float[B, R, D]``.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from keras import ops
 
 
-# >>> chapters/03_algorithms.ipynb, "3.3 The loss: cross-entropy over real words only": edit it there, then `make code`
+# >>> chapters/03_algorithms.ipynb, section 3.3: edit it there, then `make code`
 def token_cross_entropy(targets, logits, label_smoothing=0.0):
     """The cross-entropy of every position, ``[B, T]``. With ``label_smoothing`` = eps the
     target is ``(1 - eps) * one_hot + eps / V``: the model is never pushed to infinite
@@ -39,7 +39,7 @@ def masked_cross_entropy(targets, logits, pad_id=0, label_smoothing=0.0):
 # <<< chapters/03_algorithms.ipynb
 
 
-# >>> chapters/05_implementation.ipynb, "5.15 Three decoders side by side": edit it there, then `make code`
+# >>> chapters/05_implementation.ipynb, section 5.7: edit it there, then `make code`
 def doubly_stochastic_penalty(weights, mask):
     """``sum_i (1 - sum_t alpha_ti)^2`` averaged over captions, for ``weights [B, T, R]`` and
     ``mask [B, T]`` (1 on real steps): it asks every region to receive, over the caption, about

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import time
 
 import keras
 import numpy as np
@@ -444,3 +445,32 @@ def train_or_load(profile, run_name: str = "05_implementation", seed: int = 0,
     else:
         print(f"loaded the captioner trained in {run_dir.name}")
     return model, vocabulary, splits
+
+
+class StepTimes(keras.callbacks.Callback):
+    """Wall-clock seconds of every training step of a ``fit``, to compare training steps. The
+    first steps trace (and maybe compile) the step and are much slower: see :meth:`per_step`."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds.append(time.perf_counter() - self._started)
+
+    def per_step(self, skip: int = 3) -> float:
+        """The median seconds of a step, the first ``skip`` steps left out."""
+        return float(np.median(self.seconds[skip:]))
+
+
+def seconds_per_step(model, batches: tf.data.Dataset, steps: int = 20, skip: int = 3) -> float:
+    """Train the compiled ``model`` for ``skip + steps`` steps on ``batches`` and return the
+    median seconds of a step, the ``skip`` warm-up steps (tracing, compiling) left out. The
+    model's weights change: time a copy, not a model you want to keep."""
+    timer = StepTimes()
+    model.fit(batches, steps_per_epoch=skip + steps, epochs=1, verbose=0, callbacks=[timer])
+    return timer.per_step(skip)

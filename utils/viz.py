@@ -111,3 +111,66 @@ def plot_by_setting(results: dict[str, dict[str, float]], keys: Sequence[str], x
     axis.legend()
     figure.tight_layout()
     return figure
+
+
+def captioner_stages(*, image_size: int, grid: tuple[int, int], grid_channels: int,
+                     region_dim: int, units: int, vocab_size) -> list[tuple[str, tuple]]:
+    """The captioner's data flow from its sizes: ``(stage, shape of one image's tensor)`` pairs
+    from the image to the word logits, as :func:`architecture_stages` measures them on a model
+    and :func:`show_architecture` draws them. ``vocab_size`` may be a symbol such as ``"V"``."""
+    regions = grid[0] * grid[1]
+    return [("image", (image_size, image_size, 3)), ("encoder grid", (*grid, grid_channels)),
+            ("regions", (regions, region_dim)), ("attention weights", (regions,)),
+            ("context", (region_dim,)), ("LSTM state h, c", (units,)),
+            ("word logits", (vocab_size,))]
+
+
+def architecture_stages(model, image_size: int, grid_channels: int) -> list[tuple[str, tuple]]:
+    """The captioner's data flow, measured: one blank image through ``model``'s encoder and one
+    decoder step. Returns ``(stage, shape of one image's tensor)`` pairs, from the image to the
+    word logits; ``grid_channels`` is the width of the encoder's last feature map (before the
+    projection that makes the regions), which the encoder does not return."""
+    import keras
+
+    images = np.zeros((1, image_size, image_size, 3), np.uint8)
+    regions = model.encoder(images)
+    state = model.decoder.initial_state(regions)
+    logits, state, weights = model.decoder.step(np.full((1,), model.start_id, np.int32), state)
+    rows, columns = model.encoder.grid
+    shape = lambda tensor: tuple(int(n) for n in keras.ops.shape(tensor)[1:])  # noqa: E731
+    return [("image", (image_size, image_size, 3)), ("encoder grid", (rows, columns, grid_channels)),
+            ("regions", shape(regions)), ("attention weights", shape(weights)),
+            ("context", shape(regions)[1:]), ("LSTM state h, c", shape(state[0])),
+            ("word logits", shape(logits))]
+
+
+def show_architecture(columns: dict[str, list[tuple[str, tuple]]]):
+    """Draw :func:`architecture_stages` side by side, one column per captioner: a box per stage
+    with its shape, arrows between them, and the loop that feeds each word back."""
+    figure, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 6.4), squeeze=False)
+    notes = {"encoder grid": "CNN", "regions": "flatten, project", "attention weights":
+             "score, softmax", "context": "weighted mean", "LSTM state h, c": "LSTM step",
+             "word logits": "dense"}
+    for axis, (title, stages) in zip(axes.flat, columns.items()):
+        axis.set(xlim=(0, 1), ylim=(-0.6, len(stages) - 0.2), title=title)
+        axis.axis("off")
+        for index, (stage, shape) in enumerate(stages):
+            y = len(stages) - 1 - index
+            looped = stage in ("attention weights", "context", "LSTM state h, c", "word logits")
+            axis.text(0.5, y, f"{stage}\n{' × '.join(str(n) for n in shape)}", ha="center",
+                      va="center", fontsize=10,
+                      bbox=dict(boxstyle="round,pad=0.45", linewidth=1,
+                                facecolor="#fde8d7" if looped else "#dceaf7"))
+            if index:
+                axis.annotate("", xy=(0.5, y + 0.3), xytext=(0.5, y + 0.7),
+                              arrowprops=dict(arrowstyle="->", linewidth=1))
+                axis.text(0.55, y + 0.5, notes.get(stage, ""), fontsize=8, va="center",
+                          color="0.35")
+        # Each word and the new state h feed the next step's attention: the loop over words.
+        axis.annotate("", xy=(0.84, 3.0), xytext=(0.84, 0.0),
+                      arrowprops=dict(arrowstyle="->", linestyle="--", color="0.4",
+                                      connectionstyle="arc3,rad=-0.35"))
+        axis.text(1.0, 1.5, "the word and h,\nto the next step", fontsize=8, ha="right",
+                  va="center", color="0.35", rotation=90)
+    figure.tight_layout()
+    return figure
