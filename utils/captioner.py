@@ -24,10 +24,6 @@ from .losses import doubly_stochastic_penalty, masked_cross_entropy, real_token_
 
 serializable = keras.saving.register_keras_serializable(package="image_understanding")
 
-DECODERS = ("soft", "show_and_tell", "hard")
-ENCODERS = ("cnn", "features", "backbone")
-SCORINGS = ("additive", "dot")
-
 
 # >>> chapters/05_implementation.ipynb, section 5.7: edit it there, then `make code`
 class Objective(NamedTuple):
@@ -222,7 +218,7 @@ class FastCaptioner(Captioner):
         buckets = step_buckets(positions)
         steps = ops.max(ops.sum(ops.cast(captions != 0, "int32"), axis=1)) - 1
         index = ops.sum(ops.cast(ops.convert_to_tensor(buckets) < steps, "int32"))
-        sampled = isinstance(self.decoder, HardAttentionDecoder)
+        sampled = hasattr(self.decoder, "reinforce_terms")  # hard attention (section 5.15)
 
         def branch(length):
             def run():
@@ -259,6 +255,11 @@ class FastCaptioner(Captioner):
 
 
 # >>> chapters/05_implementation.ipynb, section 5.11: edit it there, then `make code`
+ENCODERS = ("cnn", "features", "backbone")
+DECODERS = ("soft", "show_and_tell", "hard")
+SCORINGS = ("additive", "dot")
+
+
 def build_captioner(vocab_size, *, filters=(32, 64, 128), embed_dim=64, units=256,
                     attention_units=128, dropout=0.0, encoder="cnn", region_dim=None,
                     backbone=None, trainable_layers=0, backbone_weights="imagenet",
