@@ -24,6 +24,7 @@ plural exactly when its determiner is "two" or "three".
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -147,6 +148,11 @@ IMAGE_FOLDER = "images"
 #: Bumped whenever a change to this module changes the files written for the same arguments, so an
 #: old dataset on disk is not mistaken for a current one.
 GENERATOR_VERSION = 1
+#: Written last into every dataset folder :func:`write_dataset` makes. Only a folder that holds it,
+#: whose dataset file has the sha256 it records, and that holds nothing but that dataset's files,
+#: counts as written by this program and may be replaced (see :func:`write_dataset`).
+MARKER_NAME = ".shapes-marker.json"
+MARKER_PROGRAM = "utils.shapes.write_dataset"
 SPLIT_FRACTIONS = {"train": 0.75, "val": 0.10, "test": 0.10, "test_novel": 0.05}
 
 Pair = tuple[str, str]
@@ -744,11 +750,16 @@ def write_dataset(
 ) -> pathlib.Path:
     """Write a Shapes dataset in the Karpathy JSON format and return the path of its JSON file.
 
-    Creates ``out_dir/images/shapes_000000.png, ...`` and ``out_dir/dataset_shapes.json``. The
-    same arguments always give byte-identical files. If ``out_dir`` already holds the dataset for
-    these arguments it is reused; if it holds another dataset, DatasetExistsError is raised unless
-    ``overwrite``. Files are written to a hidden sibling folder that is renamed into place at the
-    end, so a failed run never leaves a folder that looks complete.
+    Creates ``out_dir/images/shapes_000000.png, ...``, ``out_dir/dataset_shapes.json`` and,
+    last, the marker ``out_dir/.shapes-marker.json``. The same arguments always give
+    byte-identical files. If ``out_dir`` already holds the dataset for these arguments it is
+    reused (with or without a marker: datasets of earlier versions have none). Any other non-empty
+    ``out_dir`` raises DatasetExistsError, except that ``overwrite`` replaces a dataset this
+    program wrote: one with a marker whose recorded sha256 matches its dataset file, holding
+    nothing but that file and the images it lists. A folder without a marker is never replaced,
+    whatever the flags, so no one's own files are ever deleted. Files are written to a hidden
+    sibling folder that is renamed into place at the end, so a failed run never leaves a folder
+    that looks complete.
     """
     _check_dataset_arguments(num_images, seed, image_size)
     out_dir = pathlib.Path(out_dir)
@@ -799,24 +810,70 @@ def _holds_dataset(out_dir: pathlib.Path, num_images: int, seed: int, image_size
 
 
 def _check_replaceable(out_dir: pathlib.Path, overwrite: bool) -> None:
-    """Refuse to replace a folder that holds anything, unless asked to and it is a Shapes one."""
+    """Refuse a non-empty ``out_dir``, unless asked to replace it and this program wrote it."""
+    if out_dir.is_symlink():
+        raise DatasetExistsError(f"{out_dir} is a symbolic link; give the folder it points to")
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
         raise DatasetExistsError(f"{out_dir} exists and is not a folder")
-    contents = {entry.name for entry in out_dir.iterdir()}
-    if not contents:
+    if not any(out_dir.iterdir()):
         return
+    foreign = _not_written_here(out_dir)
+    if foreign:
+        raise DatasetExistsError(
+            f"{out_dir} holds files this program did not write ({foreign}); it is never "
+            "replaced, whatever the flags: choose another folder"
+        )
     if not overwrite:
         raise DatasetExistsError(
-            f"{out_dir} already holds other files or a Shapes dataset made with other "
-            "arguments; choose another folder or pass overwrite=True (--overwrite)"
+            f"{out_dir} already holds a Shapes dataset made with other arguments; choose another "
+            "folder or pass overwrite=True (--overwrite)"
         )
-    # Even with overwrite, only a folder that looks like a Shapes dataset is ever deleted.
-    if not contents <= {JSON_NAME, IMAGE_FOLDER}:
-        raise DatasetExistsError(
-            f"{out_dir} holds files that are not part of a Shapes dataset; refusing to delete it"
-        )
+
+
+def _not_written_here(out_dir: pathlib.Path) -> str | None:
+    """Why ``out_dir`` does not count as a dataset folder this program wrote; None if it does."""
+    marker_path, json_path = out_dir / MARKER_NAME, out_dir / JSON_NAME
+    expected = {MARKER_NAME: "file", JSON_NAME: "file", IMAGE_FOLDER: "folder"}
+    for entry in out_dir.iterdir():
+        if entry.name not in expected:
+            return f"{entry.name} is not part of a Shapes dataset"
+        if entry.is_symlink() or not _is_kind(entry, expected[entry.name]):
+            return f"{entry.name} is not a plain {expected[entry.name]}"
+    try:
+        marker = json.loads(marker_path.read_text(encoding="utf-8"))
+        recorded = marker["sha256"] if marker.get("program") == MARKER_PROGRAM else None
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        recorded = None
+    if not isinstance(recorded, str):
+        return f"no valid {MARKER_NAME}, which this program writes into every dataset folder"
+    if not json_path.is_file() or _sha256(json_path) != recorded:
+        return f"{JSON_NAME} does not have the sha256 that {MARKER_NAME} records"
+    return _foreign_image(out_dir / IMAGE_FOLDER, json.loads(json_path.read_text("utf-8")))
+
+
+def _is_kind(entry: pathlib.Path, kind: str) -> bool:
+    return entry.is_dir() if kind == "folder" else entry.is_file()
+
+
+def _foreign_image(image_folder: pathlib.Path, dataset: dict) -> str | None:
+    """The first entry of ``image_folder`` that is not an image file ``dataset`` lists, or None."""
+    if not image_folder.exists():
+        return None
+    listed = {image["filename"] for image in dataset["images"]}
+    for entry in image_folder.iterdir():
+        if entry.name not in listed or entry.is_symlink() or not entry.is_file():
+            return f"{IMAGE_FOLDER}/{entry.name} is not one of its images"
+    return None
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _fill_folder(
@@ -848,6 +905,21 @@ def _fill_folder(
     }
     text = json.dumps(dataset, sort_keys=True, separators=(",", ":"))
     (folder / JSON_NAME).write_text(text + "\n", encoding="utf-8")
+    _write_marker(folder, num_images, seed, image_size)
+
+
+def _write_marker(folder: pathlib.Path, num_images: int, seed: int, image_size: int) -> None:
+    """Mark ``folder`` as written by this program, last, so a marked folder is always complete."""
+    marker = {
+        "program": MARKER_PROGRAM,
+        "dataset": JSON_NAME,
+        "sha256": _sha256(folder / JSON_NAME),
+        "generator_version": GENERATOR_VERSION,
+        "num_images": num_images,
+        "seed": seed,
+        "image_size": image_size,
+    }
+    (folder / MARKER_NAME).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
 
 
 def _make_example(index: int, split: str, seed: int, image_size: int) -> tuple[np.ndarray, dict]:

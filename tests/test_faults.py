@@ -1,0 +1,91 @@
+"""The faults found by feeding ``python -m utils`` bad input (issue 14), one or more tests each.
+
+The commands run in-process through ``utils.__main__.main`` so that no test pays for starting
+TensorFlow again; the only subprocess is the ``shapes`` run that is killed with SIGKILL.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from utils import shapes
+from utils.__main__ import main
+
+
+def run_main(capsys, *arguments) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of ``python -m utils ARGUMENTS`` run in this process."""
+    try:
+        status = main([str(argument) for argument in arguments])
+    except SystemExit as exit_:  # argparse exits on bad usage
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_one_error(status: int, err: str, *fragments: str) -> None:
+    """A clean failure: non-zero status, one ``error:`` line on stderr holding every fragment."""
+    lines = err.strip().splitlines()
+    assert status != 0 and "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def shapes_args(out: pathlib.Path, num_images: int = 12, seed: int = 0, *extra: str) -> list:
+    return ["shapes", "--out", out, "--num-images", num_images, "--seed", seed, *extra]
+
+
+# --- 1. --overwrite replaces only a folder this program wrote ---------------------------------
+
+def test_overwrite_never_deletes_a_folder_that_merely_holds_images(tmp_path, capsys):
+    out = tmp_path / "D"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "holiday.jpg").write_text("x")
+    status, _, err = run_main(capsys, *shapes_args(out, 20), "--overwrite")
+    assert_one_error(status, err, str(out), "did not write")
+    assert (out / "images" / "holiday.jpg").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["D"]
+
+
+def _dataset_with(tmp_path: pathlib.Path, change) -> pathlib.Path:
+    """A dataset this program wrote (seed 1), then changed by ``change(folder)``."""
+    folder = shapes.write_dataset(tmp_path / "data", 12, seed=1).parent
+    change(folder)
+    return folder
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda f: (f / "images" / "holiday.jpg").write_text("x"), "holiday.jpg"),
+    (lambda f: (f / "notes.txt").write_text("x"), "notes.txt"),
+    (lambda f: (f / shapes.MARKER_NAME).unlink(), shapes.MARKER_NAME),
+    (lambda f: (f / shapes.MARKER_NAME).write_text("{}"), shapes.MARKER_NAME),
+    (lambda f: (f / shapes.JSON_NAME).write_text(
+        (f / shapes.JSON_NAME).read_text().replace('"seed":1', '"seed":7')), "sha256"),
+])
+def test_overwrite_refuses_a_dataset_folder_with_anything_it_cannot_vouch_for(
+        tmp_path, capsys, change, reason):
+    folder = _dataset_with(tmp_path, change)
+    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    status, _, err = run_main(capsys, *shapes_args(folder, 12, 2), "--overwrite")
+    assert_one_error(status, err, str(folder), reason)
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before
+
+
+def test_overwrite_replaces_a_dataset_this_program_wrote(tmp_path, capsys):
+    folder = _dataset_with(tmp_path, lambda f: None)
+    marker = json.loads((folder / shapes.MARKER_NAME).read_text())
+    assert marker["dataset"] == shapes.JSON_NAME and marker["seed"] == 1
+    status, _, err = run_main(capsys, *shapes_args(folder, 12, 2), "--overwrite")
+    assert status == 0, err
+    assert json.loads((folder / shapes.JSON_NAME).read_text())["seed"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_dataset_written_before_marker_files_is_still_reused(tmp_path, capsys, monkeypatch):
+    # The book's cached datasets under data/ carry no marker; they must not be rebuilt.
+    folder = _dataset_with(tmp_path, lambda f: (f / shapes.MARKER_NAME).unlink())
+    monkeypatch.setattr(shapes, "_fill_folder", lambda *args: pytest.fail("written again"))
+    assert shapes.write_dataset(folder, 12, seed=1) == folder / shapes.JSON_NAME
+    assert "reusing it" in capsys.readouterr().out
