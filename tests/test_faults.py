@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
+import shutil
 
 import pytest
 
@@ -89,3 +91,29 @@ def test_a_dataset_written_before_marker_files_is_still_reused(tmp_path, capsys,
     monkeypatch.setattr(shapes, "_fill_folder", lambda *args: pytest.fail("written again"))
     assert shapes.write_dataset(folder, 12, seed=1) == folder / shapes.JSON_NAME
     assert "reusing it" in capsys.readouterr().out
+
+
+# --- 2. a count that cannot fit is refused before anything is built ----------------------------
+
+SIZE_IN_UNITS = r"\d+(\.\d+)? [kMGTPE]?B"
+
+
+def test_a_count_that_cannot_fit_on_disk_is_refused_up_front(tmp_path, capsys, monkeypatch):
+    # Were it not refused, the folder would be filled (or its list built) here: fail fast instead.
+    monkeypatch.setattr(shapes, "_fill_folder", lambda *args: pytest.fail("started writing"))
+    status, _, err = run_main(capsys, *shapes_args(tmp_path / "big", 10**12))
+    assert_one_error(status, err, "1000000000000 images", "free")
+    assert len(re.findall(SIZE_IN_UNITS, err)) == 2, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_disk_space_estimate_refuses_only_what_cannot_fit(tmp_path, capsys, monkeypatch):
+    # 64-pixel Shapes PNGs take about 8 kB each (the noise does not compress), the JSON ~1 kB.
+    one_megabyte = shutil.disk_usage(tmp_path)._replace(free=1_000_000)
+    monkeypatch.setattr(shapes.shutil, "disk_usage", lambda path: one_megabyte)
+    status, _, err = run_main(capsys, *shapes_args(tmp_path / "large", 1000))
+    assert_one_error(status, err, "1.0 MB", "free")
+    status, _, err = run_main(capsys, *shapes_args(tmp_path / "small", 50))
+    assert status == 0, err
+    written = sum(p.stat().st_size for p in (tmp_path / "small").rglob("*"))
+    assert 50 * 7_000 < written < 1_000_000

@@ -154,6 +154,11 @@ GENERATOR_VERSION = 1
 MARKER_NAME = ".shapes-marker.json"
 MARKER_PROGRAM = "utils.shapes.write_dataset"
 SPLIT_FRACTIONS = {"train": 0.75, "val": 0.10, "test": 0.10, "test_novel": 0.05}
+#: Lower bounds of the disk space one image takes. Measured from 32 to 1024 pixels: a PNG holds
+#: 0.65-0.69 bytes per pixel channel (the noise does not compress) and the JSON 1.0-1.2 kB per
+#: image. Slightly less is assumed, so that only a count that surely cannot fit is refused.
+PNG_BYTES_PER_CHANNEL = 0.6
+JSON_BYTES_PER_IMAGE = 900
 
 Pair = tuple[str, str]
 
@@ -768,6 +773,7 @@ def write_dataset(
         print(f"Shapes dataset ({num_images} images, seed {seed}) already in {out_dir}; reusing it")
         return json_path
     _check_replaceable(out_dir, overwrite)
+    _check_disk_space(out_dir, num_images, image_size)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -832,6 +838,30 @@ def _check_replaceable(out_dir: pathlib.Path, overwrite: bool) -> None:
         )
 
 
+def _check_disk_space(out_dir: pathlib.Path, num_images: int, image_size: int) -> None:
+    """Refuse a dataset that cannot fit in the free space of the disk it would be written to."""
+    needed = num_images * (PNG_BYTES_PER_CHANNEL * 3 * image_size**2 + JSON_BYTES_PER_IMAGE)
+    existing = out_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise ValueError(
+            f"{num_images} images of {image_size}x{image_size} pixels need at least "
+            f"{_readable_bytes(needed)} on disk, but only {_readable_bytes(free)} are free in "
+            f"{existing}; ask for fewer images or free some space"
+        )
+
+
+def _readable_bytes(count: float) -> str:
+    """``count`` bytes in decimal units, e.g. "8.3 MB"."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if count < 1000:
+            return f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} EB"
+
+
 def _not_written_here(out_dir: pathlib.Path) -> str | None:
     """Why ``out_dir`` does not count as a dataset folder this program wrote; None if it does."""
     marker_path, json_path = out_dir / MARKER_NAME, out_dir / JSON_NAME
@@ -885,13 +915,13 @@ def _fill_folder(
 
     image_folder = folder / IMAGE_FOLDER
     image_folder.mkdir()
-    splits = [split for split, count in split_sizes(num_images).items() for _ in range(count)]
+    sizes = split_sizes(num_images)
     digits = max(6, len(str(num_images - 1)))
     entries = []
     for index in tqdm(range(num_images), desc="Shapes", unit="img", disable=not progress,
                       mininterval=1.0):
         filename = f"shapes_{index:0{digits}d}.png"
-        pixels, entry = _make_example(index, splits[index], seed, image_size)
+        pixels, entry = _make_example(index, _split_of(index, sizes), seed, image_size)
         entry["filename"] = filename
         Image.fromarray(pixels).save(image_folder / filename, format="PNG", compress_level=6)
         entries.append(entry)
@@ -906,6 +936,17 @@ def _fill_folder(
     text = json.dumps(dataset, sort_keys=True, separators=(",", ":"))
     (folder / JSON_NAME).write_text(text + "\n", encoding="utf-8")
     _write_marker(folder, num_images, seed, image_size)
+
+
+def _split_of(index: int, sizes: dict[str, int]) -> str:
+    """The split of image ``index``: each split takes the next ``sizes[split]`` indices, in order
+    (computed per image, so no list as long as the dataset is built)."""
+    position = index
+    for split, count in sizes.items():
+        if position < count:
+            return split
+        position -= count
+    raise IndexError(f"image {index} is beyond the {sum(sizes.values())} images of the splits")
 
 
 def _write_marker(folder: pathlib.Path, num_images: int, seed: int, image_size: int) -> None:
