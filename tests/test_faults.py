@@ -6,14 +6,21 @@ TensorFlow again; the only subprocess is the ``shapes`` run that is killed with 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import shutil
+import subprocess
+import sys
+import time
+import uuid
 
 import pytest
 
 from utils import shapes
 from utils.__main__ import main
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def run_main(capsys, *arguments) -> tuple[int, str, str]:
@@ -117,3 +124,42 @@ def test_the_disk_space_estimate_refuses_only_what_cannot_fit(tmp_path, capsys, 
     assert status == 0, err
     written = sum(p.stat().st_size for p in (tmp_path / "small").rglob("*"))
     assert 50 * 7_000 < written < 1_000_000
+
+
+# --- 7. debris of a killed `shapes` run is removed by the next run, and only that -------------
+
+def _partial_folder(out: pathlib.Path, *files: str) -> pathlib.Path:
+    """A staging folder named as `shapes` names them, holding ``files`` (paths inside it)."""
+    folder = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:12]}")
+    for name in files:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"\x89PNG")
+    return folder
+
+
+def test_the_next_run_removes_what_a_killed_run_left_and_nothing_else(tmp_path, capsys):
+    fcntl = pytest.importorskip("fcntl")  # a running writer is told apart by its lock
+    out = tmp_path / "D"
+    writer = subprocess.Popen([sys.executable, "-m", "utils", *map(str, shapes_args(out, 10**5))],
+                              cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob(".D.partial-*/images/*.png"))) < 5:
+            assert time.monotonic() < deadline and writer.poll() is None, "the writer did not start"
+            time.sleep(0.05)
+    finally:
+        writer.kill()  # SIGKILL: no cleanup code of the writer runs
+        writer.wait()
+    [killed] = tmp_path.glob(".D.partial-*")
+    running = _partial_folder(out, "images/shapes_000000.png")
+    foreign = _partial_folder(out, "images/shapes_000000.png", "notes.txt")
+    other_dataset = _partial_folder(tmp_path / "E", "images/shapes_000000.png")
+    descriptor = os.open(running, os.O_RDONLY)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)  # as a writer still at work holds it
+    try:
+        status, out_text, err = run_main(capsys, *shapes_args(out))
+    finally:
+        os.close(descriptor)
+    assert status == 0, err
+    assert not killed.exists() and f"removed {killed}" in out_text
+    assert running.exists() and foreign.exists() and other_dataset.exists()

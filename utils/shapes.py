@@ -23,6 +23,7 @@ plural exactly when its determiner is "two" or "three".
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -37,6 +38,11 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so stale staging folders are left for the user to delete
+    fcntl = None
 
 # --------------------------------------------------------------------------- the world
 
@@ -153,6 +159,8 @@ GENERATOR_VERSION = 1
 #: counts as written by this program and may be replaced (see :func:`write_dataset`).
 MARKER_NAME = ".shapes-marker.json"
 MARKER_PROGRAM = "utils.shapes.write_dataset"
+STAGING = "partial"  # staging folders are named .NAME.partial-<12 hex digits> (_unique_sibling)
+_STAGED_IMAGE = re.compile(r"shapes_\d{6,}\.png")  # the names _fill_folder gives images
 SPLIT_FRACTIONS = {"train": 0.75, "val": 0.10, "test": 0.10, "test_novel": 0.05}
 #: Lower bounds of the disk space one image takes. Measured from 32 to 1024 pixels: a PNG holds
 #: 0.65-0.69 bytes per pixel channel (the noise does not compress) and the JSON 1.0-1.2 kB per
@@ -764,11 +772,13 @@ def write_dataset(
     nothing but that file and the images it lists. A folder without a marker is never replaced,
     whatever the flags, so no one's own files are ever deleted. Files are written to a hidden
     sibling folder that is renamed into place at the end, so a failed run never leaves a folder
-    that looks complete.
+    that looks complete; such a folder left by a killed run is deleted by the next call for the
+    same ``out_dir`` (only when no running process holds its lock and it holds nothing else).
     """
     _check_dataset_arguments(num_images, seed, image_size)
     out_dir = pathlib.Path(out_dir)
     json_path = out_dir / JSON_NAME
+    _remove_stale_staging(out_dir)
     if _holds_dataset(out_dir, num_images, seed, image_size):
         print(f"Shapes dataset ({num_images} images, seed {seed}) already in {out_dir}; reusing it")
         return json_path
@@ -778,14 +788,86 @@ def write_dataset(
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise NotADirectoryError(f"cannot create {out_dir}: part of that path is a file") from None
-    staging = _unique_sibling(out_dir, "partial")
+    staging = _unique_sibling(out_dir, STAGING)
     staging.mkdir()
     try:
-        _fill_folder(staging, num_images, seed, image_size, progress)
-        _move_into_place(staging, out_dir)
+        with _locked(staging):
+            _fill_folder(staging, num_images, seed, image_size, progress)
+            _move_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful move
     return json_path
+
+
+@contextlib.contextmanager
+def _locked(folder: pathlib.Path):
+    """Hold an exclusive lock on ``folder`` for the block: it tells :func:`_remove_stale_staging`
+    that a running process is still writing there. The system drops the lock when the process
+    ends, however it ends (SIGKILL too)."""
+    if fcntl is None:  # Windows: no flock (nor can a folder be opened there)
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _remove_stale_staging(out_dir: pathlib.Path) -> None:
+    """Delete the staging folders of ``out_dir`` that killed runs left behind.
+
+    Only a folder named as :func:`_unique_sibling` names them, that no running process holds the
+    lock of (see :func:`_locked`) and that holds nothing but what :func:`_fill_folder` writes is
+    deleted. An empty one is kept: it may be a writer's that has not taken its lock yet.
+    """
+    if fcntl is None:
+        return
+    prefix = f".{out_dir.name}.{STAGING}-"
+    try:
+        siblings = [p for p in out_dir.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:  # no parent folder yet: nothing left behind
+        return
+    for folder in siblings:
+        named_here = re.fullmatch(r"[0-9a-f]{12}", folder.name[len(prefix):])
+        if named_here and not folder.is_symlink() and folder.is_dir():
+            _remove_if_stale(folder)
+
+
+def _remove_if_stale(folder: pathlib.Path) -> None:
+    """Delete a staging folder that no process holds the lock of and that holds only what
+    :func:`_fill_folder` writes; leave it when it is locked or cannot be read or removed (it may
+    be another user's), since this cleanup must never make a run fail."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: in use
+        if _holds_only_staged_files(folder):
+            shutil.rmtree(folder)
+            print(f"Shapes: removed {folder}, left behind by a run that was killed")
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _holds_only_staged_files(folder: pathlib.Path) -> bool:
+    """Whether ``folder`` holds something, and only files :func:`_fill_folder` writes."""
+    entries = list(folder.iterdir())
+    for entry in entries:
+        if entry.is_symlink():
+            return False
+        if entry.name == IMAGE_FOLDER and entry.is_dir():
+            images = list(entry.iterdir())
+            if not all(_STAGED_IMAGE.fullmatch(i.name) and not i.is_symlink() and i.is_file()
+                       for i in images):
+                return False
+        elif entry.name not in (JSON_NAME, MARKER_NAME) or not entry.is_file():
+            return False
+    return bool(entries)
 
 
 def _check_dataset_arguments(num_images: int, seed: int, image_size: int) -> None:
