@@ -10,12 +10,15 @@ import os
 import pathlib
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
 import uuid
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from utils import shapes
 from utils.__main__ import main
@@ -163,3 +166,105 @@ def test_the_next_run_removes_what_a_killed_run_left_and_nothing_else(tmp_path, 
     assert status == 0, err
     assert not killed.exists() and f"removed {killed}" in out_text
     assert running.exists() and foreign.exists() and other_dataset.exists()
+
+
+# --- an exported captioner shared by the tests of evaluate and caption -------------------------
+
+WORDS = ["a", "red", "blue", "circle", "square", "left", "of", "and"]
+
+
+def save_tiny_export(folder: pathlib.Path) -> pathlib.Path:
+    """An untrained captioner exported to ``folder/captioner`` (these faults are in the files
+    around the model, so no training is needed); returns ``folder``."""
+    keras = pytest.importorskip("keras")
+    from utils.export import save_captioner
+    from utils.model import Captioner
+    from utils.text import Vocabulary
+
+    keras.utils.set_random_seed(0)
+    vocabulary = Vocabulary(WORDS)
+    model = Captioner(len(vocabulary), filters=(8, 8, 16), embed_dim=8, units=16,
+                      attention_units=8, jit_decoder=False)
+    model((np.zeros((1, 64, 64, 3), np.uint8), np.zeros((1, 1), np.int32)))
+    save_captioner(model, vocabulary, folder / "captioner", image_size=64, max_length=7,
+                   profile="smoke")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> pathlib.Path:
+    """A run folder holding ``captioner/``; tests that change it work on a copy (:func:`copy`)."""
+    return save_tiny_export(tmp_path_factory.mktemp("exported") / "run")
+
+
+def copy(run: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(shutil.copytree(run, tmp_path / "run"))
+
+
+@pytest.fixture
+def good_png(tmp_path) -> pathlib.Path:
+    path = tmp_path / "good.png"
+    Image.fromarray(np.full((50, 70, 3), 120, np.uint8)).save(path)
+    return path
+
+
+# --- 3, 9. export.json is checked field by field when it is read -------------------------------
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("image_size", None, "'image_size' is missing"),
+    ("vocabulary_size", None, "'vocabulary_size' is missing"),
+    ("image_size", "abc", "'image_size' should be an integer from 8 to 4096, found 'abc'"),
+    ("image_size", 10**6, "'image_size' should be an integer from 8 to 4096, found 1000000"),
+    ("max_length", 7.5, "'max_length' should be an integer"),
+    ("model_sha256", 12, "'model_sha256' should be"),
+    ("extra", [], "'extra' should be"),
+])
+def test_a_malformed_export_json_names_the_file_and_the_field(
+        exported, tmp_path, capsys, monkeypatch, good_png, field, value, expected):
+    run = copy(exported, tmp_path)
+    path = run / "captioner" / "export.json"
+    metadata = json.loads(path.read_text())
+    if value is None:
+        del metadata[field]
+    else:
+        metadata[field] = value
+    path.write_text(json.dumps(metadata))
+    # a huge image_size must be refused, not tried: a 10**6-pixel square is a 3 TB resize
+    monkeypatch.setattr("utils.export.load_images", lambda *args: pytest.fail("images loaded"))
+    status, _, err = run_main(capsys, "caption", "--model", run, good_png)
+    assert_one_error(status, err, str(path), expected)
+
+
+def test_a_null_vocabulary_size_is_blamed_on_export_json(exported, tmp_path, capsys, good_png):
+    run = copy(exported, tmp_path)
+    path = run / "captioner" / "export.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "vocabulary_size": None}))
+    status, _, err = run_main(capsys, "caption", "--model", run, good_png)
+    assert_one_error(status, err, str(path), "'vocabulary_size' should be an integer")
+    assert "vocabulary.json" not in err
+
+
+def test_a_damaged_model_file_with_a_matching_hash_is_named(exported, tmp_path, capsys, good_png):
+    from utils.export import _file_hash
+
+    run = copy(exported, tmp_path)
+    model_file, path = run / "captioner" / "model.keras", run / "captioner" / "export.json"
+    model_file.write_bytes(model_file.read_bytes()[:5000])  # cut short, then the hash "fixed"
+    path.write_text(json.dumps({**json.loads(path.read_text()),
+                                "model_sha256": _file_hash(model_file)}))
+    status, _, err = run_main(capsys, "caption", "--model", run, good_png)
+    assert_one_error(status, err, str(model_file), "cut short or damaged")
+    assert "not found" not in err
+
+
+# --- 11. the export folder is readable by others, as the user's umask says ---------------------
+
+def test_the_export_folder_follows_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        run = save_tiny_export(tmp_path / "run")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((run / "captioner").stat().st_mode) == 0o755
+    for path in (run / "captioner").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
