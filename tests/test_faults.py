@@ -268,3 +268,26 @@ def test_the_export_folder_follows_the_umask(tmp_path):
     assert stat.S_IMODE((run / "captioner").stat().st_mode) == 0o755
     for path in (run / "captioner").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+# --- 3, 9. run-settings.json is named when it is damaged ---------------------------------------
+
+@pytest.mark.parametrize("content, expected", [
+    ("[]", "should hold a JSON object"),
+    ('{"dataset": "sha', "is not valid JSON"),
+])
+def test_a_damaged_run_settings_file_is_named(tmp_path, capsys, content, expected):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run-settings.json").write_text(content)
+    status, _, err = run_main(capsys, "train", "--profile", "smoke", "--out", tmp_path / "run")
+    assert_one_error(status, err, str(tmp_path / "run" / "run-settings.json"), expected)
+    assert (tmp_path / "run" / "run-settings.json").read_text() == content
+
+
+# --- 6. every argument is checked before anything is written -----------------------------------
+
+def test_an_out_of_range_seed_is_refused_before_the_run_folder_is_made(tmp_path, capsys):
+    status, _, err = run_main(capsys, "train", "--profile", "smoke", "--out", tmp_path / "run",
+                              "--seed", "99999999999999999999999")
+    assert_one_error(status, err, "--seed", "4294967295")
+    assert status == 2 and not (tmp_path / "run").exists()

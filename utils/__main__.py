@@ -55,6 +55,18 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+#: The largest seed TensorFlow, Keras and NumPy all accept (utils.setup seeds all three).
+MAX_SEED = 2**32 - 1
+
+
+def _seed(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"must be between 0 and {MAX_SEED} (2**32 - 1), got {value}")
+    return value
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -119,7 +131,7 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile", choices=("auto", *PROFILE_NAMES), default=None,
                         help="size profile (default: $BOOK_PROFILE, else auto)")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="run folder")
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed")
     parser.add_argument("--no-jit", action="store_true",
                         help="run the decoder without XLA: starts faster, trains slower per step "
                              "(worth it only for very short runs)")
@@ -149,7 +161,7 @@ def _run_train(args: argparse.Namespace) -> None:
         raise NotADirectoryError(20, "Not a directory", str(out))
     settings_path = out / RUN_SETTINGS
     if settings_path.exists():
-        earlier = json.loads(settings_path.read_text())
+        earlier = _earlier_settings(settings_path)
         if earlier != settings:
             described = ", ".join(f"{k} {v}" for k, v in earlier.items())
             raise ValueError(f"{out} holds a run started with {described}; give another --out "
@@ -184,6 +196,21 @@ def _run_train(args: argparse.Namespace) -> None:
     key = "exact-caption rate" if splits["val"].scenes is not None else "CIDEr-D"
     print(f"train: captioner exported to {folder} (best epoch {best['epoch']}, validation "
           f"{key} {best['best']:.3f})")
+
+
+def _earlier_settings(path: pathlib.Path) -> dict:
+    """The settings a run folder was started with (its run-settings.json), checked to be a JSON
+    object so that a damaged file is named rather than misread."""
+    advice = "give another --out or delete that folder"
+    try:
+        earlier = json.loads(path.read_text())
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is not valid JSON ({error}); {advice}") from None
+    if not isinstance(earlier, dict):
+        found = json.dumps(earlier)
+        raise ValueError(f"{path} should hold a JSON object of settings, found "
+                         f"{found if len(found) <= 40 else found[:37] + '...'}; {advice}")
+    return earlier
 
 
 def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
