@@ -291,3 +291,62 @@ def test_an_out_of_range_seed_is_refused_before_the_run_folder_is_made(tmp_path,
                               "--seed", "99999999999999999999999")
     assert_one_error(status, err, "--seed", "4294967295")
     assert status == 2 and not (tmp_path / "run").exists()
+
+
+# --- 3, 9, 10. a Karpathy file is checked entry by entry when it is read -----------------------
+
+@pytest.fixture(scope="module")
+def karpathy(tmp_path_factory) -> pathlib.Path:
+    """A small Karpathy-layout folder (a Shapes dataset, 16 images); copy it to change it."""
+    return shapes.write_dataset(tmp_path_factory.mktemp("karpathy") / "other", 16, seed=5).parent
+
+
+def _first_test_image(data: dict) -> dict:
+    return next(image for image in data["images"] if image["split"] == "test")
+
+
+def _unset_raw(sentence: dict, tokens) -> None:
+    del sentence["raw"]
+    sentence["tokens"] = tokens
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda i: i.update(filename=5), "'filename' should be a relative path (text), found 5"),
+    (lambda i: _unset_raw(i["sentences"][1], [1, 2]), "sentence #1: 'tokens' should be a list"),
+    (lambda i: i.update(split=["test"]), "'split' should be a split name (text), found"),
+    (lambda i: i.update(scene={"image_size": 64, "objects": 3}), "'scene' has no 'objects' list"),
+    (lambda i: i["scene"]["objects"][0].update(bbox=[1, 2]), "'scene' object #0 needs a 'bbox'"),
+    (lambda i: i.update(sentences=[]), "'sentences' is empty"),
+    (lambda i: i.update(filename="/etc/passwd"), "'filename' must stay inside"),
+    (lambda i: i.update(filename="../../../../../../etc/passwd"), "'filename' must stay inside"),
+    (lambda i: i.update(filepath="/etc", filename="passwd"), "'filepath' must stay inside"),
+])
+def test_a_malformed_karpathy_entry_is_named_before_any_work(
+        exported, karpathy, tmp_path, capsys, change, expected):
+    data_dir = pathlib.Path(shutil.copytree(karpathy, tmp_path / "other"))
+    path = data_dir / "dataset_shapes.json"
+    data = json.loads(path.read_text())
+    image = _first_test_image(data)
+    change(image)
+    path.write_text(json.dumps(data))
+    status, _, err = run_main(capsys, "evaluate", "--run", exported, "--split", "test",
+                              "--data", data_dir)
+    position = data["images"].index(image)
+    assert_one_error(status, err, str(path), f"image entry #{position}", expected)
+    assert "root:" not in err  # /etc/passwd was never opened
+
+
+def test_coco_and_flickr8k_image_names_must_stay_inside_their_folders(tmp_path):
+    from utils import datasets
+
+    coco = tmp_path / "annotations" / "captions_train2014.json"
+    coco.parent.mkdir()
+    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "/etc/passwd"}],
+                                "annotations": [{"image_id": 1, "caption": "a red circle"}]}))
+    with pytest.raises(ValueError, match="images entry #0: 'file_name' must stay inside"):
+        datasets.read_coco_captions(coco)
+    (tmp_path / "Flickr8k.token.txt").write_text("../../etc/passwd#0\ta red circle\n")
+    for name in datasets.FLICKR8K_SPLIT_FILES.values():
+        (tmp_path / name).write_text("../../etc/passwd\n" if "train" in name else "")
+    with pytest.raises(ValueError, match="line 1: 'filename' must stay inside"):
+        datasets.read_flickr8k(tmp_path)
