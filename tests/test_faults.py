@@ -5,6 +5,7 @@ TensorFlow again; the only subprocess is the ``shapes`` run that is killed with 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -350,3 +351,24 @@ def test_coco_and_flickr8k_image_names_must_stay_inside_their_folders(tmp_path):
         (tmp_path / name).write_text("../../etc/passwd\n" if "train" in name else "")
     with pytest.raises(ValueError, match="line 1: 'filename' must stay inside"):
         datasets.read_flickr8k(tmp_path)
+
+
+# --- 4. scores of other data never replace the run's own, and say what they scored -------------
+
+def test_scores_of_other_data_get_a_report_of_their_own(exported, karpathy, tmp_path, capsys,
+                                                        monkeypatch):
+    run = copy(exported, tmp_path)
+    own = run / "scores-test-beam1.json"
+    own.write_text('{"CIDEr": 1.0}\n')  # the scores of the run's own test split
+    # METEOR starts Java, which takes longer than all the rest; the report is what is tested
+    monkeypatch.setattr("utils.metrics.evaluate_captions", lambda *args: {"CIDEr": 0.5})
+    status, out, err = run_main(capsys, "evaluate", "--run", run, "--split", "test",
+                                "--data", karpathy)
+    assert status == 0, err
+    assert own.read_text() == '{"CIDEr": 1.0}\n'
+    json_path = karpathy / "dataset_shapes.json"
+    sha256 = hashlib.sha256(json_path.read_bytes()).hexdigest()
+    report_path = run / f"scores-other-{sha256[:8]}-test-beam1.json"
+    report = json.loads(report_path.read_text())
+    assert report["data"] == str(json_path.resolve()) and report["data_sha256"] == sha256
+    assert report["CIDEr"] == 0.5 and f"scores written to {report_path}" in out

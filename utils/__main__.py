@@ -13,7 +13,9 @@ Commands:
     Score an exported captioner on a split, e.g.
     ``python -m utils evaluate --run runs/shapes-cpu --split test --beam-size 3``; the scores
     are printed and written to ``RUN/scores-<split>-beam<K>.json``. ``--data DIR`` takes the
-    split from any Karpathy-layout folder (``dataset_*.json``) instead of the run's own data.
+    split from any Karpathy-layout folder (``dataset_*.json``) instead of the run's own data,
+    and writes ``RUN/scores-<DIR's name>-<sha256 of its JSON, 8 digits>-<split>-beam<K>.json``.
+    Every report records the path and sha256 of the JSON it scored.
 ``caption``
     Caption image files, e.g. ``python -m utils caption --model runs/shapes-cpu a.png b.jpg``;
     ``--attention-out DIR`` also saves one attention figure per image.
@@ -30,6 +32,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -261,7 +264,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
     _quiet_tensorflow()
     folder, metadata, _ = check_export(args.run_dir)  # no TensorFlow yet: bad input fails fast
-    records = datasets.load_karpathy(_dataset_json(args, metadata))
+    json_path = _dataset_json(args, metadata)
+    records = datasets.load_karpathy(json_path)
     chosen = datasets.split(records, args.split)
     if not chosen:
         names = sorted({record.split for record in records})
@@ -269,7 +273,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     pixels = datasets.load_pixels(chosen, metadata["image_size"])
 
     from . import metrics
-    from .export import load_captioner
+    from .export import _file_hash, load_captioner
     from .train import caption_images
 
     loaded = load_captioner(folder)
@@ -283,16 +287,27 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
         rates = caption_rates(captions, [record.scene for record in chosen])["all"]
         scores.update({key: rates[key] for key in ("exact", "correct", "complete")})
+    data_sha256 = _file_hash(json_path)
     report = {**scores, "images": len(chosen), "split": args.split, "beam_size": args.beam_size,
-              "export": str(folder)}
+              "export": str(folder), "data": str(json_path.resolve()), "data_sha256": data_sha256}
     # Beside the export (in the run folder), never inside it.
-    out = folder.parent / f"scores-{args.split}-beam{args.beam_size}.json"
+    out = folder.parent / _report_name(args, data_sha256)
     partial = out.with_name(f".{out.name}.partial")
     partial.write_text(json.dumps(report, indent=1) + "\n")
     os.replace(partial, out)
     print(f"evaluate: {len(chosen)} {args.split} images, beam {args.beam_size}")
     print("  ".join(f"{name} {value:.3f}" for name, value in scores.items()))
     print(f"scores written to {out}")
+
+
+def _report_name(args: argparse.Namespace, data_sha256: str) -> str:
+    """``scores-<split>-beam<K>.json`` for the run's own data; for ``--data DIR`` also DIR's name
+    and the start of its JSON's sha256, so that scores of other data never replace those."""
+    parts = [args.split, f"beam{args.beam_size}"]
+    if args.data is not None:
+        parts = [args.data.resolve().name, data_sha256[:8], *parts]
+    # The split's name comes from the data file: no character of it may reach a path.
+    return "scores-" + "-".join(re.sub(r"[^\w.]+", "_", part) for part in parts) + ".json"
 
 
 def _add_caption_command(commands: argparse._SubParsersAction) -> None:
