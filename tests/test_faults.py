@@ -372,3 +372,36 @@ def test_scores_of_other_data_get_a_report_of_their_own(exported, karpathy, tmp_
     report = json.loads(report_path.read_text())
     assert report["data"] == str(json_path.resolve()) and report["data_sha256"] == sha256
     assert report["CIDEr"] == 0.5 and f"scores written to {report_path}" in out
+
+
+# --- 8. one bad image does not stop the others --------------------------------------------------
+
+def test_caption_captions_every_readable_image_and_names_every_bad_one(
+        exported, tmp_path, capsys, good_png):
+    bad, missing, figures = tmp_path / "bad.png", tmp_path / "missing.png", tmp_path / "figures"
+    bad.write_text("<html>404</html>")
+    status, out, err = run_main(capsys, "caption", "--model", exported, bad, good_png, missing,
+                                "--attention-out", figures)
+    assert status == 1 and "Traceback" not in err
+    assert out.splitlines()[0].startswith(f"{good_png}: ")
+    assert f"attention figures: 1 in {figures}" in out
+    assert [p.name for p in figures.iterdir()] == ["good.attention.png"]
+    errors = err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("error: ") for line in errors), err
+    assert str(bad) in errors[0] and "HTML" in errors[0]
+    assert str(missing) in errors[1] and "no such file" in errors[1]
+
+
+# --- 9. a symlink loop and a FIFO are called what they are ---------------------------------------
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_symlink_loop_and_a_fifo_are_called_what_they_are(exported, tmp_path, capsys):
+    loop, fifo = tmp_path / "loop.png", tmp_path / "fifo.png"
+    loop.symlink_to(loop)
+    os.mkfifo(fifo)  # opening it would wait forever for a writer
+    status, out, err = run_main(capsys, "caption", "--model", exported, loop, fifo)
+    errors = err.strip().splitlines()
+    assert status == 1 and out == "" and len(errors) == 2, err
+    assert str(loop) in errors[0] and "symbolic link" in errors[0]
+    assert "no such file" not in errors[0]
+    assert str(fifo) in errors[1] and "FIFO" in errors[1] and "folder" not in errors[1]

@@ -18,7 +18,8 @@ Commands:
     Every report records the path and sha256 of the JSON it scored.
 ``caption``
     Caption image files, e.g. ``python -m utils caption --model runs/shapes-cpu a.png b.jpg``;
-    ``--attention-out DIR`` also saves one attention figure per image.
+    ``--attention-out DIR`` also saves one attention figure per image. Every readable image is
+    captioned; each unreadable one gets its own ``error: ...`` line, and the exit status is 1.
 
 A mistake in the input ends the program with one ``error: ...`` line on stderr and a non-zero
 exit status, never a traceback. To add a command, write an ``_add_<name>_command`` function and
@@ -326,28 +327,36 @@ def _add_caption_command(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_caption)
 
 
-def _run_caption(args: argparse.Namespace) -> None:
-    from .export import check_export, load_images
+def _run_caption(args: argparse.Namespace) -> int:
+    """Caption every readable image; name each unreadable one on stderr (status 1 if any)."""
+    from .export import check_export
+    from .images import read_images
 
     _quiet_tensorflow()
     folder, metadata, _ = check_export(args.model)
-    pixels = load_images(args.images, metadata["image_size"])  # bad files fail before TensorFlow
     if args.attention_out is not None:
         if args.attention_out.exists() and not args.attention_out.is_dir():
             raise NotADirectoryError(20, "Not a directory", str(args.attention_out))
+    pixels, kept, errors = read_images(args.images, metadata["image_size"])  # no TensorFlow yet
+    for error in errors:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+    if not kept:
+        return 1
 
     from .export import load_captioner
     from .train import caption_images
 
+    readable = [args.images[position] for position in kept]
     loaded = load_captioner(folder)
     captions, attention = caption_images(loaded.model, pixels, loaded.vocabulary,
                                          loaded.max_length, beam_size=args.beam_size)
-    for path, text in zip(args.images, captions):
+    for path, text in zip(readable, captions):
         print(f"{path}: {text or '(no words)'}")
     if args.attention_out is not None:
-        written = _save_attention(args.attention_out, args.images, pixels, captions, attention,
+        written = _save_attention(args.attention_out, readable, pixels, captions, attention,
                                   loaded.max_length)
         print(f"attention figures: {len(written)} in {args.attention_out}")
+    return 1 if errors else 0
 
 
 def _save_attention(folder: pathlib.Path, paths, pixels, captions, attention, max_length: int):
@@ -390,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the exit status (0 success, 1 failed, 2 bad usage, 130 ^C)."""
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args)  # None, or the status of a command that reports its own errors
     except (ValueError, OSError) as error:
         # Expected failures (bad values, existing folders, unwritable paths) are the user's to
         # fix, so they get a sentence rather than a traceback.
@@ -400,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = getattr(args, "interrupted", "nothing was left behind")
         print(f"error: interrupted; {note}", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 def _one_line(error: BaseException) -> str:
