@@ -5,6 +5,7 @@ TensorFlow again; the only subprocess is the ``shapes`` run that is killed with 
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -405,3 +406,85 @@ def test_a_symlink_loop_and_a_fifo_are_called_what_they_are(exported, tmp_path, 
     assert str(loop) in errors[0] and "symbolic link" in errors[0]
     assert "no such file" not in errors[0]
     assert str(fifo) in errors[1] and "FIFO" in errors[1] and "folder" not in errors[1]
+
+
+# --- 5. an unreadable checkpoint is reported, and the history stays consistent -----------------
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A tiny training run killed after the second of its three epochs (backup/ then holds the
+    checkpoints of epochs 2 and 1, history.csv two rows), and what ``fit`` needs to resume it."""
+    keras = pytest.importorskip("keras")
+    from utils import datasets, text, train
+    from utils.profile import get_profile
+
+    class StopAfterSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    root = tmp_path_factory.mktemp("interrupted")
+    records = datasets.load_karpathy(shapes.write_dataset(root / "data", 24, seed=3))
+    vocabulary = text.Vocabulary.from_captions(
+        c for r in datasets.split(records, "train") for c in r.captions)
+    splits = [datasets.encode_split(datasets.split(records, name), vocabulary, 18, name)
+              for name in ("train", "val")]
+    profile = get_profile("smoke").replace(
+        epochs=3, steps_per_epoch=1, batch_size=4, eval_images=2, cnn_filters=(8, 8, 16),
+        embed_dim=8, units=16, attention_units=8, jit_compile=False)
+    arguments = (*splits, vocabulary, profile)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(_tiny_model(vocabulary, profile), *arguments, root / "run", verbose=0,
+                  callbacks=[StopAfterSecondEpoch()])
+    return root / "run", arguments
+
+
+def _tiny_model(vocabulary, profile):
+    import keras
+
+    from utils.model import Captioner
+
+    keras.utils.set_random_seed(0)
+    return Captioner.from_profile(profile, len(vocabulary))
+
+
+def _history_epochs(run: pathlib.Path) -> list[int]:
+    with open(run / "history.csv", newline="") as rows:
+        return [int(row["epoch"]) for row in csv.DictReader(rows)]
+
+
+def test_unreadable_checkpoints_are_reported_and_the_history_kept_consistent(
+        interrupted, tmp_path, capsys):
+    from utils import train
+
+    run, arguments = copy(interrupted[0], tmp_path), interrupted[1]
+    assert _history_epochs(run) == [0, 1]
+    latest, best = run / "backup" / "latest.weights.h5", run / "best.weights.h5"
+    latest.write_bytes(latest.read_bytes()[:1000])  # cut short, as by a full disk
+    best.write_bytes(b"not HDF5")
+    history = train.fit(_tiny_model(arguments[2], arguments[3]), *arguments, run, verbose=0)
+    err = capsys.readouterr().err
+    assert f"warning: {latest} is unreadable (" in err and "resuming after epoch 1" in err, err
+    assert f"warning: {best} is unreadable (" in err
+    assert "the best epoch is chosen again from epoch 2 on" in err
+    assert _history_epochs(run) == [0, 1, 2]  # epoch 2 ran again and has one row, not two
+    assert len(history.history["loss"]) == 3
+    assert json.loads((run / "best.weights.json").read_text())["epoch"] >= 2
+
+
+def test_a_finished_run_with_unreadable_best_weights_says_it_trains_again(
+        interrupted, tmp_path, capsys):
+    import dataclasses
+
+    from utils import train
+
+    _, _, vocabulary, profile = interrupted[1]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"profile": dataclasses.asdict(profile),
+                                              "words": vocabulary.words}))  # as fit writes it
+    (run / "best.weights.h5").write_bytes(b"not HDF5")
+    assert train.load_finished_run(run, profile, vocabulary) is None
+    err = capsys.readouterr().err
+    assert f"warning: {run / 'best.weights.h5'} is unreadable (" in err
+    assert "trained again from scratch" in err
