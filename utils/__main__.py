@@ -4,7 +4,9 @@ Commands:
 
 ``shapes``
     Write the Shapes captioning dataset, e.g.
-    ``python -m utils shapes --out data/shapes --num-images 10000 --seed 0``.
+    ``python -m utils shapes --out data/shapes --num-images 10000 --seed 0``. ``--overwrite``
+    replaces only a dataset folder this program wrote (utils.shapes.write_dataset says how it
+    tells); a folder holding anything else is never deleted.
 ``train``
     Train a captioner on the profile's Shapes dataset and export it to ``OUT/captioner``, e.g.
     ``python -m utils train --dataset shapes --profile cpu --out runs/shapes-cpu --seed 0``;
@@ -89,7 +91,8 @@ def _add_shapes_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=_non_negative_int, required=True, help="random seed")
     parser.add_argument("--image-size", type=_positive_int, default=64, help="pixels per side")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace a different Shapes dataset in --out"
+        "--overwrite", action="store_true",
+        help="replace a Shapes dataset this program wrote in --out (never any other files)"
     )
     parser.set_defaults(run=_run_shapes)
 
