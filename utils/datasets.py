@@ -298,7 +298,7 @@ def _scene_problem(scene) -> str | None:
         if not (isinstance(item, dict)
                 and all(isinstance(item.get(key), str) for key in ("shape", "colour", "size"))):
             return f"object #{number} needs 'shape', 'colour' and 'size' texts"
-        bbox = item["bbox"] if "bbox" in item else None
+        bbox = item.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
             return f"object #{number} needs a 'bbox' of 4 numbers, found {_short(bbox)}"
     return None
