@@ -155,10 +155,11 @@ def test_evaluate_and_caption(trained, tmp_path):
     result = run_cli("evaluate", "--run", run, "--split", "test", "--data", data,
                      "--beam-size", "2", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    scores = json.loads((run / "scores-test-beam2.json").read_text())
+    [scores_path] = run.glob("scores-other-*-test-beam2.json")  # named after the data too
+    scores = json.loads(scores_path.read_text())
     assert {"Bleu_4", "CIDEr", "ROUGE_L", "exact", "correct", "complete"} <= set(scores)
     assert scores["images"] == 2 and scores["split"] == "test" and 0 <= scores["exact"] <= 1
-    assert "Bleu_4" in result.stdout and str(run / "scores-test-beam2.json") in result.stdout
+    assert "Bleu_4" in result.stdout and str(scores_path) in result.stdout
 
     # two new images of other sizes, PNG and JPEG, with attention figures
     rng = np.random.default_rng(0)

@@ -4,7 +4,9 @@ Commands:
 
 ``shapes``
     Write the Shapes captioning dataset, e.g.
-    ``python -m utils shapes --out data/shapes --num-images 10000 --seed 0``.
+    ``python -m utils shapes --out data/shapes --num-images 10000 --seed 0``. ``--overwrite``
+    replaces only a dataset folder this program wrote (utils.shapes.write_dataset says how it
+    tells); a folder holding anything else is never deleted.
 ``train``
     Train a captioner on the profile's Shapes dataset and export it to ``OUT/captioner``, e.g.
     ``python -m utils train --dataset shapes --profile cpu --out runs/shapes-cpu --seed 0``;
@@ -13,10 +15,13 @@ Commands:
     Score an exported captioner on a split, e.g.
     ``python -m utils evaluate --run runs/shapes-cpu --split test --beam-size 3``; the scores
     are printed and written to ``RUN/scores-<split>-beam<K>.json``. ``--data DIR`` takes the
-    split from any Karpathy-layout folder (``dataset_*.json``) instead of the run's own data.
+    split from any Karpathy-layout folder (``dataset_*.json``) instead of the run's own data,
+    and writes ``RUN/scores-<DIR's name>-<sha256 of its JSON, 8 digits>-<split>-beam<K>.json``.
+    Every report records the path and sha256 of the JSON it scored.
 ``caption``
     Caption image files, e.g. ``python -m utils caption --model runs/shapes-cpu a.png b.jpg``;
-    ``--attention-out DIR`` also saves one attention figure per image.
+    ``--attention-out DIR`` also saves one attention figure per image. Every readable image is
+    captioned; each unreadable one gets its own ``error: ...`` line, and the exit status is 1.
 
 A mistake in the input ends the program with one ``error: ...`` line on stderr and a non-zero
 exit status, never a traceback. To add a command, write an ``_add_<name>_command`` function and
@@ -30,6 +35,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -55,6 +61,18 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+#: The largest seed TensorFlow, Keras and NumPy all accept (utils.setup seeds all three).
+MAX_SEED = 2**32 - 1
+
+
+def _seed(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"must be between 0 and {MAX_SEED} (2**32 - 1), got {value}")
+    return value
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -73,7 +91,8 @@ def _add_shapes_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=_non_negative_int, required=True, help="random seed")
     parser.add_argument("--image-size", type=_positive_int, default=64, help="pixels per side")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace a different Shapes dataset in --out"
+        "--overwrite", action="store_true",
+        help="replace a Shapes dataset this program wrote in --out (never any other files)"
     )
     parser.set_defaults(run=_run_shapes)
 
@@ -119,7 +138,7 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile", choices=("auto", *PROFILE_NAMES), default=None,
                         help="size profile (default: $BOOK_PROFILE, else auto)")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="run folder")
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed")
     parser.add_argument("--no-jit", action="store_true",
                         help="run the decoder without XLA: starts faster, trains slower per step "
                              "(worth it only for very short runs)")
@@ -149,7 +168,7 @@ def _run_train(args: argparse.Namespace) -> None:
         raise NotADirectoryError(20, "Not a directory", str(out))
     settings_path = out / RUN_SETTINGS
     if settings_path.exists():
-        earlier = json.loads(settings_path.read_text())
+        earlier = _earlier_settings(settings_path)
         if earlier != settings:
             described = ", ".join(f"{k} {v}" for k, v in earlier.items())
             raise ValueError(f"{out} holds a run started with {described}; give another --out "
@@ -184,6 +203,21 @@ def _run_train(args: argparse.Namespace) -> None:
     key = "exact-caption rate" if splits["val"].scenes is not None else "CIDEr-D"
     print(f"train: captioner exported to {folder} (best epoch {best['epoch']}, validation "
           f"{key} {best['best']:.3f})")
+
+
+def _earlier_settings(path: pathlib.Path) -> dict:
+    """The settings a run folder was started with (its run-settings.json), checked to be a JSON
+    object so that a damaged file is named rather than misread."""
+    advice = "give another --out or delete that folder"
+    try:
+        earlier = json.loads(path.read_text())
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is not valid JSON ({error}); {advice}") from None
+    if not isinstance(earlier, dict):
+        found = json.dumps(earlier)
+        raise ValueError(f"{path} should hold a JSON object of settings, found "
+                         f"{found if len(found) <= 40 else found[:37] + '...'}; {advice}")
+    return earlier
 
 
 def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
@@ -234,7 +268,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
     _quiet_tensorflow()
     folder, metadata, _ = check_export(args.run_dir)  # no TensorFlow yet: bad input fails fast
-    records = datasets.load_karpathy(_dataset_json(args, metadata))
+    json_path = _dataset_json(args, metadata)
+    records = datasets.load_karpathy(json_path)
     chosen = datasets.split(records, args.split)
     if not chosen:
         names = sorted({record.split for record in records})
@@ -242,7 +277,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     pixels = datasets.load_pixels(chosen, metadata["image_size"])
 
     from . import metrics
-    from .export import load_captioner
+    from .export import _file_hash, load_captioner
     from .train import caption_images
 
     loaded = load_captioner(folder)
@@ -256,16 +291,27 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
         rates = caption_rates(captions, [record.scene for record in chosen])["all"]
         scores.update({key: rates[key] for key in ("exact", "correct", "complete")})
+    data_sha256 = _file_hash(json_path)
     report = {**scores, "images": len(chosen), "split": args.split, "beam_size": args.beam_size,
-              "export": str(folder)}
+              "export": str(folder), "data": str(json_path.resolve()), "data_sha256": data_sha256}
     # Beside the export (in the run folder), never inside it.
-    out = folder.parent / f"scores-{args.split}-beam{args.beam_size}.json"
+    out = folder.parent / _report_name(args, data_sha256)
     partial = out.with_name(f".{out.name}.partial")
     partial.write_text(json.dumps(report, indent=1) + "\n")
     os.replace(partial, out)
     print(f"evaluate: {len(chosen)} {args.split} images, beam {args.beam_size}")
     print("  ".join(f"{name} {value:.3f}" for name, value in scores.items()))
     print(f"scores written to {out}")
+
+
+def _report_name(args: argparse.Namespace, data_sha256: str) -> str:
+    """``scores-<split>-beam<K>.json`` for the run's own data; for ``--data DIR`` also DIR's name
+    and the start of its JSON's sha256, so that scores of other data never replace those."""
+    parts = [args.split, f"beam{args.beam_size}"]
+    if args.data is not None:
+        parts = [args.data.resolve().name, data_sha256[:8], *parts]
+    # The split's name comes from the data file: no character of it may reach a path.
+    return "scores-" + "-".join(re.sub(r"[^\w.]+", "_", part) for part in parts) + ".json"
 
 
 def _add_caption_command(commands: argparse._SubParsersAction) -> None:
@@ -284,28 +330,36 @@ def _add_caption_command(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_caption)
 
 
-def _run_caption(args: argparse.Namespace) -> None:
-    from .export import check_export, load_images
+def _run_caption(args: argparse.Namespace) -> int:
+    """Caption every readable image; name each unreadable one on stderr (status 1 if any)."""
+    from .export import check_export
+    from .images import read_images
 
     _quiet_tensorflow()
     folder, metadata, _ = check_export(args.model)
-    pixels = load_images(args.images, metadata["image_size"])  # bad files fail before TensorFlow
     if args.attention_out is not None:
         if args.attention_out.exists() and not args.attention_out.is_dir():
             raise NotADirectoryError(20, "Not a directory", str(args.attention_out))
+    pixels, kept, errors = read_images(args.images, metadata["image_size"])  # no TensorFlow yet
+    for error in errors:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+    if not kept:
+        return 1
 
     from .export import load_captioner
     from .train import caption_images
 
+    readable = [args.images[position] for position in kept]
     loaded = load_captioner(folder)
     captions, attention = caption_images(loaded.model, pixels, loaded.vocabulary,
                                          loaded.max_length, beam_size=args.beam_size)
-    for path, text in zip(args.images, captions):
+    for path, text in zip(readable, captions):
         print(f"{path}: {text or '(no words)'}")
     if args.attention_out is not None:
-        written = _save_attention(args.attention_out, args.images, pixels, captions, attention,
+        written = _save_attention(args.attention_out, readable, pixels, captions, attention,
                                   loaded.max_length)
         print(f"attention figures: {len(written)} in {args.attention_out}")
+    return 1 if errors else 0
 
 
 def _save_attention(folder: pathlib.Path, paths, pixels, captions, attention, max_length: int):
@@ -348,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the exit status (0 success, 1 failed, 2 bad usage, 130 ^C)."""
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args)  # None, or the status of a command that reports its own errors
     except (ValueError, OSError) as error:
         # Expected failures (bad values, existing folders, unwritable paths) are the user's to
         # fix, so they get a sentence rather than a traceback.
@@ -358,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = getattr(args, "interrupted", "nothing was left behind")
         print(f"error: interrupted; {note}", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 def _one_line(error: BaseException) -> str:

@@ -139,6 +139,7 @@ def _read_flickr8k_captions(token_file: pathlib.Path) -> dict[str, list[str]]:
     bogus = 0
     for number, line in _numbered_lines(token_file):
         filename, raw = _parse_token_line(line, token_file, number)
+        _inside_folder(filename, "filename", f"{token_file}, line {number}")
         if filename == FLICKR8K_BOGUS_ENTRY:
             bogus += 1
         else:
@@ -225,26 +226,92 @@ def read_karpathy(json_path: str | os.PathLike, image_root: str | os.PathLike | 
 
 
 def _karpathy_image(entry, root: pathlib.Path, fold_restval: bool, where: str) -> CaptionedImage:
+    """One entry of a Karpathy file, every field checked here, so that a malformed file fails
+    at once, naming the entry and the field, rather than deep inside later work."""
     if not isinstance(entry, dict):
         raise ValueError(f"{where} is not a JSON object")
     missing = [key for key in ("filename", "split", "sentences") if key not in entry]
     if missing:
         raise ValueError(f"{where} lacks {', '.join(map(repr, missing))}")
-    raws = tuple(_karpathy_raw(sentence, f"{where} ({entry['filename']})")
-                 for sentence in _as_list(entry["sentences"], f"{where}: 'sentences'"))
+    folder = _inside_folder(entry.get("filepath", ""), "filepath", where)
+    filename = _inside_folder(entry["filename"], "filename", where)
+    if not isinstance(entry["split"], str) or not entry["split"]:
+        raise ValueError(f"{where}: 'split' should be a split name (text), found "
+                         f"{_short(entry['split'])}")
+    where = f"{where} ({filename})"
+    sentences = _as_list(entry["sentences"], f"{where}: 'sentences'")
+    if not sentences:
+        raise ValueError(f"{where}: 'sentences' is empty; every image needs a caption")
+    raws = tuple(_karpathy_raw(sentence, where, number)
+                 for number, sentence in enumerate(sentences))
+    if entry.get("scene") is not None:
+        problem = _scene_problem(entry["scene"])
+        if problem:
+            raise ValueError(f"{where}: 'scene' {problem}")
     split_name = "train" if fold_restval and entry["split"] == "restval" else entry["split"]
-    return CaptionedImage(root / entry.get("filepath", "") / entry["filename"], split_name,
+    return CaptionedImage(root / folder / filename, split_name,
                           [standardize(raw) for raw in raws], entry.get("scene"), raws,
                           entry.get("cocoid", entry.get("imgid")))
 
 
-def _karpathy_raw(sentence, where: str) -> str:
-    """A sentence's raw text; files that carry only tokens get them joined by spaces."""
+def _karpathy_raw(sentence, where: str, number: int) -> str:
+    """Sentence ``number``'s raw text; files that carry only tokens get them joined by spaces."""
     if isinstance(sentence, dict) and isinstance(sentence.get("raw"), str):
         return sentence["raw"].strip()
     if isinstance(sentence, dict) and isinstance(sentence.get("tokens"), list):
+        if not all(isinstance(token, str) for token in sentence["tokens"]):
+            raise ValueError(f"{where}: sentence #{number}: 'tokens' should be a list of words "
+                             f"(text), found {_short(sentence['tokens'])}")
         return " ".join(sentence["tokens"])
-    raise ValueError(f"{where}: a sentence has neither 'raw' text nor a 'tokens' list")
+    raise ValueError(f"{where}: a sentence has neither 'raw' text nor a 'tokens' list "
+                     f"(sentence #{number})")
+
+
+_SEPARATOR = re.compile(r"[/\\]")  # either kind of slash separates folders on Windows
+_DRIVE = re.compile(r"[A-Za-z]:")
+
+
+def _inside_folder(name, field: str, where: str) -> str:
+    """``name``, a file or folder name from a dataset file, checked to be text that stays inside
+    the dataset's folder once joined to it: no absolute path, drive or '..' (a dataset file
+    must not make the program open /etc/passwd)."""
+    if not isinstance(name, str) or (not name and field != "filepath"):
+        raise ValueError(f"{where}: {field!r} should be a relative path (text), found "
+                         f"{_short(name)}")
+    # String tests, not PurePath objects: this runs for every image of COCO (8x faster).
+    if name.startswith(("/", "\\")) or _DRIVE.match(name) or ".." in _SEPARATOR.split(name):
+        raise ValueError(f"{where}: {field!r} must stay inside the dataset's folder, found "
+                         f"{_short(name)}")
+    return name
+
+
+def _scene_problem(scene) -> str | None:
+    """What keeps ``scene`` from being read as a Shapes scene (by utils.shapes.check_caption and
+    utils.evaluation.caption_rates), or None."""
+    if not isinstance(scene, dict):
+        return "is not a JSON object"
+    if not _is_number(scene.get("image_size")) or scene["image_size"] <= 0:
+        return "has no positive 'image_size'"
+    if not isinstance(scene.get("objects"), list):
+        return "has no 'objects' list"
+    for number, item in enumerate(scene["objects"]):
+        if not (isinstance(item, dict)
+                and all(isinstance(item.get(key), str) for key in ("shape", "colour", "size"))):
+            return f"object #{number} needs 'shape', 'colour' and 'size' texts"
+        bbox = item.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+            return f"object #{number} needs a 'bbox' of 4 numbers, found {_short(bbox)}"
+    return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value) -> str:
+    """``value`` as JSON, cut to a length that fits in a one-line message."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # --- COCO's own caption files --------------------------------------------------------------
@@ -293,7 +360,8 @@ def _coco_files(entries: list, path: pathlib.Path) -> dict[int, str]:
         if not (isinstance(entry, dict) and "id" in entry
                 and isinstance(entry.get("file_name"), str)):
             raise ValueError(f"{path}: images entry #{position} needs an 'id' and a 'file_name'")
-        files[entry["id"]] = entry["file_name"]
+        files[entry["id"]] = _inside_folder(entry["file_name"], "file_name",
+                                            f"{path}: images entry #{position}")
     return files
 
 

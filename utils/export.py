@@ -30,9 +30,11 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
-import tempfile
-from collections.abc import Sequence
+import uuid
+import zipfile
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -45,6 +47,11 @@ VOCABULARY_FILE = "vocabulary.json"
 METADATA_FILE = "export.json"
 #: Default caption length limit when no profile says otherwise (profile.max_caption_tokens + 1).
 DEFAULT_MAX_LENGTH = 17
+#: Bounds on ``export.json``'s image size: the encoder's grid has ``image_size // 8`` cells a side,
+#: and every image to caption is resized to it, so a huge value would ask for gigabytes.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096
+#: Bound on ``max_length``, the decoding steps per caption (profiles use 17 to 21).
+MAX_CAPTION_LENGTH = 1000
 
 
 class ExportMismatchError(ValueError):
@@ -126,7 +133,9 @@ def save_captioner(model, vocabulary: Vocabulary, path: str | os.PathLike, *, im
     if path.exists() and not (path / METADATA_FILE).exists() and any(path.iterdir()):
         raise FileExistsError(f"{path} exists and is not a captioner export; not replacing it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.saving-", dir=path.parent))
+    # Not tempfile.mkdtemp: its folders are private (mode 0700); this one gets the user's umask.
+    staging = path.with_name(f".{path.name}.saving-{uuid.uuid4().hex[:12]}")
+    staging.mkdir()
     try:
         # A fresh copy without optimizer state: smaller, and loads without compile warnings.
         copy = type(model).from_config(config)
@@ -185,16 +194,53 @@ def export_folder(path: str | os.PathLike) -> pathlib.Path:
                             "utils.export.save_captioner)")
 
 
+def _integer(low: int, high: int | None = None) -> Callable[[object], bool]:
+    return lambda value: (type(value) is int and value >= low
+                          and (high is None or value <= high))
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+#: The fields of ``export.json`` that are read: whether each is required, a test of its value,
+#: and what the test asks for (to say so when it fails).
+_METADATA_FIELDS: dict[str, tuple[bool, Callable[[object], bool], str]] = {
+    "format_version": (True, _integer(1), "a positive integer"),
+    "image_size": (True, _integer(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
+                   f"an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"),
+    "max_length": (True, _integer(1, MAX_CAPTION_LENGTH),
+                   f"an integer from 1 to {MAX_CAPTION_LENGTH}"),
+    "vocabulary_size": (True, _integer(4), "an integer of at least 4 (the special tokens)"),
+    "vocabulary_sha256": (True, lambda v: isinstance(v, str) and bool(_SHA256.fullmatch(v)),
+                          "64 hexadecimal digits"),
+    "model_sha256": (True, lambda v: isinstance(v, str) and bool(_SHA256.fullmatch(v)),
+                     "64 hexadecimal digits"),
+    "profile": (False, lambda v: v is None or isinstance(v, str), "a profile name or null"),
+    "extra": (False, lambda v: isinstance(v, dict), "a JSON object"),
+}
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The checked ``export.json`` of an export (no TensorFlow needed)."""
+    """The checked ``export.json`` of an export (no TensorFlow needed): every field that is read
+    has the type and range it needs, or :class:`ExportMismatchError` names the field."""
     folder = export_folder(path)
+    metadata_path = folder / METADATA_FILE
     try:
-        metadata = json.loads((folder / METADATA_FILE).read_text())
-    except ValueError as error:
-        raise ExportMismatchError(f"{folder / METADATA_FILE} is not valid JSON: {error}") from None
+        metadata = json.loads(metadata_path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ExportMismatchError(f"{metadata_path} is not valid JSON: {error}") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise ExportMismatchError(f"{folder / METADATA_FILE} is not a captioner export's metadata")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise ExportMismatchError(f"{metadata_path} is not a captioner export's metadata")
+    for field, (required, valid, wanted) in _METADATA_FIELDS.items():
+        if field not in metadata:
+            if required:
+                raise ExportMismatchError(f"{metadata_path}: {field!r} is missing; save the "
+                                          "export again")
+        elif not valid(metadata[field]):
+            found = json.dumps(metadata[field])
+            found = found if len(found) <= 40 else found[:37] + "..."
+            raise ExportMismatchError(f"{metadata_path}: {field!r} should be {wanted}, found "
+                                      f"{found.replace(chr(34), chr(39))}")
+    if metadata["format_version"] > FORMAT_VERSION:
         raise ExportMismatchError(f"{folder} was saved by a newer version of utils (format "
                                   f"{metadata['format_version']}); update the package")
     return metadata
@@ -236,11 +282,9 @@ def load_captioner(path: str | os.PathLike) -> LoadedCaptioner:
     """Read an export written by :func:`save_captioner` (``path``: the export folder or a run
     folder holding ``captioner/``). Raises :class:`ExportMismatchError` when its vocabulary,
     model file and metadata do not belong together, ``FileNotFoundError`` when there is none."""
-    import keras
-
     folder, metadata, vocabulary = check_export(path)
     register_model_classes()
-    model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
+    model = _load_model_file(folder / MODEL_FILE)
     vocab_size = _vocab_size(model)
     if vocab_size is not None and vocab_size != metadata["vocabulary_size"]:
         raise ExportMismatchError(f"{folder / MODEL_FILE} predicts {vocab_size} words "
@@ -251,6 +295,22 @@ def load_captioner(path: str | os.PathLike) -> LoadedCaptioner:
         raise ExportMismatchError(f"{folder / MODEL_FILE} was built for another image size "
                                   f"than the {size} pixels {METADATA_FILE} says")
     return LoadedCaptioner(model, vocabulary, metadata, folder)
+
+
+def _load_model_file(model_file: pathlib.Path):
+    """The Keras model in ``model_file``; a file Keras cannot read raises ExportMismatchError
+    saying so (Keras itself calls a damaged file "not found")."""
+    import keras
+
+    if not zipfile.is_zipfile(model_file):
+        raise ExportMismatchError(f"{model_file} is not a complete .keras (zip) file: it was cut "
+                                  "short or damaged; save the export again")
+    try:
+        return keras.saving.load_model(model_file, compile=False)
+    except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as error:
+        raise ExportMismatchError(f"{model_file} cannot be loaded as a Keras model "
+                                  f"({type(error).__name__}: {error}); save the export "
+                                  "again") from None
 
 
 def load_images(image_paths: Sequence[str | os.PathLike], image_size: int) -> np.ndarray:

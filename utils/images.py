@@ -11,9 +11,11 @@ Normalising pixels for a particular CNN is not done here: it belongs to the back
 """
 from __future__ import annotations
 
+import errno
 import numbers
 import os
 import pathlib
+import stat
 import struct
 import warnings
 from collections.abc import Sequence
@@ -152,12 +154,33 @@ def _as_height_width(size: Size) -> tuple[int, int]:
     return int(height), int(width)
 
 
+#: What a path that is neither a folder nor a regular file is, by its stat mode test.
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
 def _check_file(path: pathlib.Path) -> None:
-    if not path.exists():
-        raise ImageError(path, "no such file (check the image folder and the file name)")
-    if not path.is_file():
+    """Refuse anything but a non-empty regular file, before opening it (opening a FIFO would
+    wait for a writer forever), saying what the path is instead."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageError(path, f"a broken symbolic link: what it points to "
+                                   f"({os.readlink(path)}) does not exist") from None
+        raise ImageError(path, "no such file (check the image folder and the file name)") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ImageError(path, "a loop of symbolic links (it leads back to itself), not an "
+                                   "image file") from None
+        raise ImageError(path, f"cannot be read ({error.strerror})") from None
+    if stat.S_ISDIR(status.st_mode):
         raise ImageError(path, "this is a folder, not an image file")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(status.st_mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(status.st_mode)),
+                    "a special file")
+        raise ImageError(path, f"this is {kind}, not an image file")
+    if status.st_size == 0:
         raise ImageError(path, "the file is empty (0 bytes); copy or download it again")
 
 

@@ -23,7 +23,9 @@ plural exactly when its determiner is "two" or "three".
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -36,6 +38,11 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so stale staging folders are left for the user to delete
+    fcntl = None
 
 # --------------------------------------------------------------------------- the world
 
@@ -147,7 +154,19 @@ IMAGE_FOLDER = "images"
 #: Bumped whenever a change to this module changes the files written for the same arguments, so an
 #: old dataset on disk is not mistaken for a current one.
 GENERATOR_VERSION = 1
+#: Written last into every dataset folder :func:`write_dataset` makes. Only a folder that holds it,
+#: whose dataset file has the sha256 it records, and that holds nothing but that dataset's files,
+#: counts as written by this program and may be replaced (see :func:`write_dataset`).
+MARKER_NAME = ".shapes-marker.json"
+MARKER_PROGRAM = "utils.shapes.write_dataset"
+STAGING = "partial"  # staging folders are named .NAME.partial-<12 hex digits> (_unique_sibling)
+_STAGED_IMAGE = re.compile(r"shapes_\d{6,}\.png")  # the names _fill_folder gives images
 SPLIT_FRACTIONS = {"train": 0.75, "val": 0.10, "test": 0.10, "test_novel": 0.05}
+#: Lower bounds of the disk space one image takes. Measured from 32 to 1024 pixels: a PNG holds
+#: 0.65-0.69 bytes per pixel channel (the noise does not compress) and the JSON 1.0-1.2 kB per
+#: image. Slightly less is assumed, so that only a count that surely cannot fit is refused.
+PNG_BYTES_PER_CHANNEL = 0.6
+JSON_BYTES_PER_IMAGE = 900
 
 Pair = tuple[str, str]
 
@@ -744,31 +763,111 @@ def write_dataset(
 ) -> pathlib.Path:
     """Write a Shapes dataset in the Karpathy JSON format and return the path of its JSON file.
 
-    Creates ``out_dir/images/shapes_000000.png, ...`` and ``out_dir/dataset_shapes.json``. The
-    same arguments always give byte-identical files. If ``out_dir`` already holds the dataset for
-    these arguments it is reused; if it holds another dataset, DatasetExistsError is raised unless
-    ``overwrite``. Files are written to a hidden sibling folder that is renamed into place at the
-    end, so a failed run never leaves a folder that looks complete.
+    Creates ``out_dir/images/shapes_000000.png, ...``, ``out_dir/dataset_shapes.json`` and,
+    last, the marker ``out_dir/.shapes-marker.json``. The same arguments always give
+    byte-identical files. If ``out_dir`` already holds the dataset for these arguments it is
+    reused (with or without a marker: datasets of earlier versions have none). Any other non-empty
+    ``out_dir`` raises DatasetExistsError, except that ``overwrite`` replaces a dataset this
+    program wrote: one with a marker whose recorded sha256 matches its dataset file, holding
+    nothing but that file and the images it lists. A folder without a marker is never replaced,
+    whatever the flags, so no one's own files are ever deleted. Files are written to a hidden
+    sibling folder that is renamed into place at the end, so a failed run never leaves a folder
+    that looks complete; such a folder left by a killed run is deleted by the next call for the
+    same ``out_dir`` (only when no running process holds its lock and it holds nothing else).
     """
     _check_dataset_arguments(num_images, seed, image_size)
     out_dir = pathlib.Path(out_dir)
     json_path = out_dir / JSON_NAME
+    _remove_stale_staging(out_dir)
     if _holds_dataset(out_dir, num_images, seed, image_size):
         print(f"Shapes dataset ({num_images} images, seed {seed}) already in {out_dir}; reusing it")
         return json_path
     _check_replaceable(out_dir, overwrite)
+    _check_disk_space(out_dir, num_images, image_size)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise NotADirectoryError(f"cannot create {out_dir}: part of that path is a file") from None
-    staging = _unique_sibling(out_dir, "partial")
+    staging = _unique_sibling(out_dir, STAGING)
     staging.mkdir()
     try:
-        _fill_folder(staging, num_images, seed, image_size, progress)
-        _move_into_place(staging, out_dir)
+        with _locked(staging):
+            _fill_folder(staging, num_images, seed, image_size, progress)
+            _move_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful move
     return json_path
+
+
+@contextlib.contextmanager
+def _locked(folder: pathlib.Path):
+    """Hold an exclusive lock on ``folder`` for the block: it tells :func:`_remove_stale_staging`
+    that a running process is still writing there. The system drops the lock when the process
+    ends, however it ends (SIGKILL too)."""
+    if fcntl is None:  # Windows: no flock (nor can a folder be opened there)
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _remove_stale_staging(out_dir: pathlib.Path) -> None:
+    """Delete the staging folders of ``out_dir`` that killed runs left behind.
+
+    Only a folder named as :func:`_unique_sibling` names them, that no running process holds the
+    lock of (see :func:`_locked`) and that holds nothing but what :func:`_fill_folder` writes is
+    deleted. An empty one is kept: it may be a writer's that has not taken its lock yet.
+    """
+    if fcntl is None:
+        return
+    prefix = f".{out_dir.name}.{STAGING}-"
+    try:
+        siblings = [p for p in out_dir.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:  # no parent folder yet: nothing left behind
+        return
+    for folder in siblings:
+        named_here = re.fullmatch(r"[0-9a-f]{12}", folder.name[len(prefix):])
+        if named_here and not folder.is_symlink() and folder.is_dir():
+            _remove_if_stale(folder)
+
+
+def _remove_if_stale(folder: pathlib.Path) -> None:
+    """Delete a staging folder that no process holds the lock of and that holds only what
+    :func:`_fill_folder` writes; leave it when it is locked or cannot be read or removed (it may
+    be another user's), since this cleanup must never make a run fail."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: in use
+        if _holds_only_staged_files(folder):
+            shutil.rmtree(folder)
+            print(f"Shapes: removed {folder}, left behind by a run that was killed")
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _holds_only_staged_files(folder: pathlib.Path) -> bool:
+    """Whether ``folder`` holds something, and only files :func:`_fill_folder` writes."""
+    entries = list(folder.iterdir())
+    for entry in entries:
+        if entry.is_symlink():
+            return False
+        if entry.name == IMAGE_FOLDER and entry.is_dir():
+            images = list(entry.iterdir())
+            if not all(_STAGED_IMAGE.fullmatch(i.name) and not i.is_symlink() and i.is_file()
+                       for i in images):
+                return False
+        elif entry.name not in (JSON_NAME, MARKER_NAME) or not entry.is_file():
+            return False
+    return bool(entries)
 
 
 def _check_dataset_arguments(num_images: int, seed: int, image_size: int) -> None:
@@ -799,24 +898,94 @@ def _holds_dataset(out_dir: pathlib.Path, num_images: int, seed: int, image_size
 
 
 def _check_replaceable(out_dir: pathlib.Path, overwrite: bool) -> None:
-    """Refuse to replace a folder that holds anything, unless asked to and it is a Shapes one."""
+    """Refuse a non-empty ``out_dir``, unless asked to replace it and this program wrote it."""
+    if out_dir.is_symlink():
+        raise DatasetExistsError(f"{out_dir} is a symbolic link; give the folder it points to")
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
         raise DatasetExistsError(f"{out_dir} exists and is not a folder")
-    contents = {entry.name for entry in out_dir.iterdir()}
-    if not contents:
+    if not any(out_dir.iterdir()):
         return
+    foreign = _not_written_here(out_dir)
+    if foreign:
+        raise DatasetExistsError(
+            f"{out_dir} holds files this program did not write ({foreign}); it is never "
+            "replaced, whatever the flags: choose another folder"
+        )
     if not overwrite:
         raise DatasetExistsError(
-            f"{out_dir} already holds other files or a Shapes dataset made with other "
-            "arguments; choose another folder or pass overwrite=True (--overwrite)"
+            f"{out_dir} already holds a Shapes dataset made with other arguments; choose another "
+            "folder or pass overwrite=True (--overwrite)"
         )
-    # Even with overwrite, only a folder that looks like a Shapes dataset is ever deleted.
-    if not contents <= {JSON_NAME, IMAGE_FOLDER}:
-        raise DatasetExistsError(
-            f"{out_dir} holds files that are not part of a Shapes dataset; refusing to delete it"
+
+
+def _check_disk_space(out_dir: pathlib.Path, num_images: int, image_size: int) -> None:
+    """Refuse a dataset that cannot fit in the free space of the disk it would be written to."""
+    needed = num_images * (PNG_BYTES_PER_CHANNEL * 3 * image_size**2 + JSON_BYTES_PER_IMAGE)
+    existing = out_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise ValueError(
+            f"{num_images} images of {image_size}x{image_size} pixels need at least "
+            f"{_readable_bytes(needed)} on disk, but only {_readable_bytes(free)} are free in "
+            f"{existing}; ask for fewer images or free some space"
         )
+
+
+def _readable_bytes(count: float) -> str:
+    """``count`` bytes in decimal units, e.g. "8.3 MB"."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if count < 1000:
+            return f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} EB"
+
+
+def _not_written_here(out_dir: pathlib.Path) -> str | None:
+    """Why ``out_dir`` does not count as a dataset folder this program wrote; None if it does."""
+    marker_path, json_path = out_dir / MARKER_NAME, out_dir / JSON_NAME
+    expected = {MARKER_NAME: "file", JSON_NAME: "file", IMAGE_FOLDER: "folder"}
+    for entry in out_dir.iterdir():
+        if entry.name not in expected:
+            return f"{entry.name} is not part of a Shapes dataset"
+        if entry.is_symlink() or not _is_kind(entry, expected[entry.name]):
+            return f"{entry.name} is not a plain {expected[entry.name]}"
+    try:
+        marker = json.loads(marker_path.read_text(encoding="utf-8"))
+        recorded = marker["sha256"] if marker.get("program") == MARKER_PROGRAM else None
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        recorded = None
+    if not isinstance(recorded, str):
+        return f"no valid {MARKER_NAME}, which this program writes into every dataset folder"
+    if not json_path.is_file() or _sha256(json_path) != recorded:
+        return f"{JSON_NAME} does not have the sha256 that {MARKER_NAME} records"
+    return _foreign_image(out_dir / IMAGE_FOLDER, json.loads(json_path.read_text("utf-8")))
+
+
+def _is_kind(entry: pathlib.Path, kind: str) -> bool:
+    return entry.is_dir() if kind == "folder" else entry.is_file()
+
+
+def _foreign_image(image_folder: pathlib.Path, dataset: dict) -> str | None:
+    """The first entry of ``image_folder`` that is not an image file ``dataset`` lists, or None."""
+    if not image_folder.exists():
+        return None
+    listed = {image["filename"] for image in dataset["images"]}
+    for entry in image_folder.iterdir():
+        if entry.name not in listed or entry.is_symlink() or not entry.is_file():
+            return f"{IMAGE_FOLDER}/{entry.name} is not one of its images"
+    return None
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _fill_folder(
@@ -828,13 +997,13 @@ def _fill_folder(
 
     image_folder = folder / IMAGE_FOLDER
     image_folder.mkdir()
-    splits = [split for split, count in split_sizes(num_images).items() for _ in range(count)]
+    sizes = split_sizes(num_images)
     digits = max(6, len(str(num_images - 1)))
     entries = []
     for index in tqdm(range(num_images), desc="Shapes", unit="img", disable=not progress,
                       mininterval=1.0):
         filename = f"shapes_{index:0{digits}d}.png"
-        pixels, entry = _make_example(index, splits[index], seed, image_size)
+        pixels, entry = _make_example(index, _split_of(index, sizes), seed, image_size)
         entry["filename"] = filename
         Image.fromarray(pixels).save(image_folder / filename, format="PNG", compress_level=6)
         entries.append(entry)
@@ -848,6 +1017,32 @@ def _fill_folder(
     }
     text = json.dumps(dataset, sort_keys=True, separators=(",", ":"))
     (folder / JSON_NAME).write_text(text + "\n", encoding="utf-8")
+    _write_marker(folder, num_images, seed, image_size)
+
+
+def _split_of(index: int, sizes: dict[str, int]) -> str:
+    """The split of image ``index``: each split takes the next ``sizes[split]`` indices, in order
+    (computed per image, so no list as long as the dataset is built)."""
+    position = index
+    for split, count in sizes.items():
+        if position < count:
+            return split
+        position -= count
+    raise IndexError(f"image {index} is beyond the {sum(sizes.values())} images of the splits")
+
+
+def _write_marker(folder: pathlib.Path, num_images: int, seed: int, image_size: int) -> None:
+    """Mark ``folder`` as written by this program, last, so a marked folder is always complete."""
+    marker = {
+        "program": MARKER_PROGRAM,
+        "dataset": JSON_NAME,
+        "sha256": _sha256(folder / JSON_NAME),
+        "generator_version": GENERATOR_VERSION,
+        "num_images": num_images,
+        "seed": seed,
+        "image_size": image_size,
+    }
+    (folder / MARKER_NAME).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
 
 
 def _make_example(index: int, split: str, seed: int, image_size: int) -> tuple[np.ndarray, dict]:

@@ -6,10 +6,13 @@ and on Shapes the exact-caption rate). The best epoch by that score is kept.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
 import pathlib
+import shutil
+import sys
 import time
 
 import keras
@@ -41,7 +44,7 @@ def training_pipeline(split: EncodedSplit, batch_size: int, seed: int = 0, *,
     With ``group_by_length`` each batch holds captions of about one length: the shuffled
     examples are sorted by length within chunks of :data:`LENGTH_GROUP_BATCHES` batches, cut
     into batches, and the batches shuffled. Training trims every batch to its longest caption
-    (``Captioner.train_step``), so little time is spent on padding. ``fit`` decides with
+    (``FastCaptioner.train_step``), so little time is spent on padding. ``fit`` decides with
     :func:`groups_by_length`.
     """
     count, references = len(split), split.captions.shape[1]
@@ -331,7 +334,9 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
     ``run_dir`` keeps the best weights, a backup of the latest epoch and the per-epoch logs
     (``history.csv``): a run that was killed continues from its last finished epoch when the
     same call is made again, and the returned ``History`` holds every epoch, those before the
-    interruption included. ``callbacks`` are added to the book's own (e.g. TensorBoard).
+    interruption included. An unreadable checkpoint is reported with a ``warning:`` line on
+    stderr, and what is done instead is said there too (see :func:`_check_checkpoints`).
+    ``callbacks`` are added to the book's own (e.g. TensorBoard).
     """
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -339,9 +344,11 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
         model((train.pixels[:1], train.captions[:1, 0, :-1]))
     steps = profile.steps_per_epoch or len(train) // profile.batch_size
     grouped = groups_by_length(model, profile)
-    model.trim_batches = grouped  # see Captioner.trim_batches
+    model.trim_batches = grouped  # see FastCaptioner.trim_batches
     compile_for_training(model, profile, steps)
     best_path = run_dir / "best.weights.h5"
+    if (run_dir / "backup").exists():
+        _check_checkpoints(run_dir)  # may fall back to an earlier backup, or drop it
     if not (run_dir / "backup").exists():
         # A fresh run: the best weights and logs of an earlier, finished run must not count.
         for stale in (best_path, best_path.with_suffix(".json"), run_dir / HISTORY):
@@ -371,6 +378,105 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
     info = {"profile": dataclasses.asdict(profile), "words": vocabulary.words}
     (run_dir / RUN_INFO).write_text(json.dumps(info))
     return history
+
+
+def _check_checkpoints(run_dir: pathlib.Path) -> None:
+    """Make the files a run continues from agree, saying on stderr what is changed and why.
+
+    An unreadable ``backup/latest.weights.h5`` (cut short by a full disk, say) is replaced by
+    the previous backup that BackupAndRestore keeps beside it, or the backup is dropped when that
+    one is unreadable too (the run then starts over). Best weights that are unreadable, or that
+    belong to an epoch that runs again, are dropped (the best epoch is then chosen among the
+    epochs still to run), and so are the ``history.csv`` rows of epochs that run again.
+    """
+    backup_dir = run_dir / "backup"
+    latest = backup_dir / "latest.weights.h5"
+    problem = _weights_problem(latest)
+    if problem is not None:
+        _fall_back(backup_dir, latest, problem)
+        if not backup_dir.exists():
+            return  # starting over: fit drops the best weights and history of the old run
+    resumed = _resumed_epoch(backup_dir)
+    _check_best_weights(run_dir / "best.weights.h5", resumed)
+    _drop_history_from(run_dir / HISTORY, resumed)
+
+
+def _fall_back(backup_dir: pathlib.Path, latest: pathlib.Path, problem: str) -> None:
+    """Replace the unreadable ``latest`` checkpoint by the one before it, else drop the backup."""
+    metadata = backup_dir / "training_metadata.json"
+    previous, previous_metadata = (p.with_name(p.name + ".bkp") for p in (latest, metadata))
+    if previous_metadata.is_file() and _weights_problem(previous) is None:
+        os.replace(previous, latest)
+        os.replace(previous_metadata, metadata)
+        _warn(f"{latest} is unreadable ({problem}); resuming after epoch "
+              f"{_resumed_epoch(backup_dir)} from the backup before it instead")
+    else:
+        shutil.rmtree(backup_dir)
+        _warn(f"{latest} is unreadable ({problem}) and no earlier backup is readable; starting "
+              "the run over from epoch 1 instead")
+
+
+def _check_best_weights(best_path: pathlib.Path, resumed: int) -> None:
+    """Drop the best weights (and their score) when they cannot be loaded at the end of the run
+    or belong to an epoch after ``resumed``, which runs again."""
+    if not best_path.exists():
+        return
+    state_path = best_path.with_suffix(".json")
+    try:
+        best_epoch = int(json.loads(state_path.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        best_epoch = None
+    problem = _weights_problem(best_path)
+    if problem is not None:
+        reason = f"{best_path} is unreadable ({problem})"
+    elif best_epoch is None:
+        reason = f"{state_path}, the score of {best_path.name}, is missing or unreadable"
+    elif best_epoch > resumed:
+        reason = f"{best_path} holds epoch {best_epoch}, which runs again"
+    else:
+        return
+    best_path.unlink()
+    state_path.unlink(missing_ok=True)
+    _warn(f"{reason}; the best epoch is chosen again from epoch {resumed + 1} on")
+
+
+def _drop_history_from(history_path: pathlib.Path, epoch: int) -> None:
+    """Remove the rows of epochs ``epoch`` (0-based, as CSVLogger counts) and later, which run
+    again and will be logged again."""
+    if not history_path.exists():
+        return
+    with history_path.open(newline="") as file:
+        table = list(csv.reader(file))
+    kept = table[:1] + [row for row in table[1:] if row and int(row[0]) < epoch]
+    if len(kept) < len(table):
+        partial = history_path.with_name(f".{history_path.name}.partial")
+        with partial.open("w", newline="") as file:
+            csv.writer(file).writerows(kept)
+        os.replace(partial, history_path)
+
+
+def _weights_problem(path: pathlib.Path) -> str | None:
+    """Why the Keras weights file ``path`` cannot be read back, or None. Every array is read,
+    since a file cut short may still open."""
+    import h5py
+
+    def read(name, item):
+        if isinstance(item, h5py.Dataset):
+            item[()]
+
+    try:
+        with h5py.File(path, "r") as weights:
+            weights.visititems(read)
+    except FileNotFoundError:
+        return "it is missing"
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        return " ".join(str(error).split())
+    return None
+
+
+def _warn(message: str) -> None:
+    """One ``warning:`` line on stderr, as the command line reports what it does instead."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def read_history(run_dir: str | pathlib.Path) -> dict[str, list[float]]:
@@ -421,7 +527,9 @@ def load_finished_run(run_dir: str | pathlib.Path, profile, vocabulary: Vocabula
     model((np.zeros((1, size, size, 3), np.uint8), np.zeros((1, 1), np.int32)))
     try:
         model.load_weights(run_dir / "best.weights.h5")
-    except (OSError, ValueError):
+    except (OSError, ValueError) as error:
+        _warn(f"{run_dir / 'best.weights.h5'} is unreadable ({' '.join(str(error).split())}); "
+              f"the finished run in {run_dir} cannot be loaded and is trained again from scratch")
         return None
     return model
 
