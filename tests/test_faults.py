@@ -180,13 +180,13 @@ def save_tiny_export(folder: pathlib.Path) -> pathlib.Path:
     around the model, so no training is needed); returns ``folder``."""
     keras = pytest.importorskip("keras")
     from utils.export import save_captioner
-    from utils.model import Captioner
+    from utils.captioner import build_captioner
     from utils.text import Vocabulary
 
     keras.utils.set_random_seed(0)
     vocabulary = Vocabulary(WORDS)
-    model = Captioner(len(vocabulary), filters=(8, 8, 16), embed_dim=8, units=16,
-                      attention_units=8, jit_decoder=False)
+    model = build_captioner(len(vocabulary), filters=(8, 8, 16), embed_dim=8, units=16,
+                            attention_units=8, jit_decoder=False)
     model((np.zeros((1, 64, 64, 3), np.uint8), np.zeros((1, 1), np.int32)))
     save_captioner(model, vocabulary, folder / "captioner", image_size=64, max_length=7,
                    profile="smoke")
@@ -442,10 +442,10 @@ def interrupted(tmp_path_factory):
 def _tiny_model(vocabulary, profile):
     import keras
 
-    from utils.model import Captioner
+    from utils.captioner import captioner_from_profile
 
     keras.utils.set_random_seed(0)
-    return Captioner.from_profile(profile, len(vocabulary))
+    return captioner_from_profile(profile, len(vocabulary))
 
 
 def _history_epochs(run: pathlib.Path) -> list[int]:
