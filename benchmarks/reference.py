@@ -1,6 +1,6 @@
 """The baseline of the benchmark suite: a captioner written the way most tutorials write it.
 
-Same model, same sizes, same arithmetic as :class:`utils.model.Captioner` with soft additive
+Same model, same sizes, same arithmetic as :class:`utils.captioner.FastCaptioner` with soft additive
 attention (so the losses and the greedy captions agree when the weights are copied across, see
 :meth:`ReferenceCaptioner.copy_weights_from`), with the well-known inefficiencies kept:
 
@@ -28,7 +28,7 @@ from utils.encoders import RegionEncoder
 
 class ReferenceFeatureEncoder(keras.layers.Layer):
     """``float[B, R, C]`` cached features -> ``[B, R, dim]``: a ReLU projection plus a learned
-    position embedding per region (the same layer as :class:`utils.model.FeatureEncoder`)."""
+    position embedding per region (the same layer as :class:`utils.backbones.FeatureEncoder`)."""
 
     def __init__(self, dim: int, **kwargs):
         super().__init__(**kwargs)
@@ -65,7 +65,7 @@ class ReferenceCaptioner(keras.Model):
     """Encoder plus an LSTM decoder with attention, trained and decoded the tutorial way.
 
     ``encoder`` is ``"features"`` (cached ``[B, R, C]`` features, projected to ``region_dim``) or
-    ``"cnn"`` (the book's small CNN on pixels, :class:`utils.model.RegionEncoder` with
+    ``"cnn"`` (the book's small CNN on pixels, :class:`utils.encoders.RegionEncoder` with
     ``filters``; the CNN is not what is compared, so it is shared). ``max_length`` is the fixed
     number of caption positions (``<start>`` to the last padding) every batch is padded to.
     """
@@ -173,7 +173,7 @@ class ReferenceCaptioner(keras.Model):
         return rows
 
     def copy_weights_from(self, captioner) -> None:
-        """Take the weights of a :class:`utils.model.Captioner` with soft additive attention
+        """Take the weights of a :class:`utils.captioner.FastCaptioner` with soft additive attention
         and no gate (both models must be built): the two then compute the same function."""
         decoder = captioner.decoder
         if isinstance(self.encoder, ReferenceFeatureEncoder):

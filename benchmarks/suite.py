@@ -189,7 +189,7 @@ def random_inputs(sizes: Sizes, rng: np.random.Generator, count: int) -> np.ndar
 
 def trimmed_positions(captions: np.ndarray) -> int:
     """The caption positions ``Captioner.train_step`` keeps of a batch of ``int[B, T]``
-    captions: :func:`utils.model.trimmed_steps`, plus one (the last target)."""
+    captions: :func:`utils.captioner.trimmed_steps`, plus one (the last target)."""
     from utils.captioner import trimmed_steps
 
     return trimmed_steps(captions) + 1
@@ -199,7 +199,7 @@ def trimmed_positions(captions: np.ndarray) -> int:
 
 
 def build_fast(sizes: Sizes, *, jit: bool = True, end_id: int = 3, learning_rate: float = 1e-3):
-    """The book's :class:`utils.model.Captioner` at ``sizes``, built and compiled (Adam,
+    """The book's :class:`utils.captioner.FastCaptioner` at ``sizes``, built and compiled (Adam,
     gradient clipping as :func:`utils.train.compile_for_training`), no dropout, trimming
     batches where ``fit`` would."""
     from utils.backbones import make_optimizer

@@ -19,13 +19,14 @@ __version__ = "0.1.0"
 #: Where the book lives; the Colab badges and the Colab install line point here.
 REPO_URL = "https://github.com/image-understanding-book/image-captioning-book"
 
-_SUBMODULES = ("profile", "shapes", "datasets", "download", "images", "features", "text",
-               "losses", "model", "train", "decoding", "metrics", "viz", "evaluation", "export",
-               "recognition", "apps")
+_SUBMODULES = ("profile", "shapes", "datasets", "download", "images", "text", "encoders",
+               "backbones", "features", "attention", "decoders", "losses", "captioner", "model",
+               "train", "decoding", "metrics", "viz", "evaluation", "export", "recognition",
+               "apps")
 
 
 def __getattr__(name: str):
-    # Lazy submodules: ``utils.model`` imports TensorFlow only when a chapter first touches it.
+    # Lazy submodules: ``utils.captioner`` imports TensorFlow only when a chapter first touches it.
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     # utils.load_captioner, utils.save_captioner, utils.ExportMismatchError live in utils.export

@@ -358,7 +358,7 @@ def decode_images(model, images, *, max_length: int, method: str = "beam", beam_
     and searching in one graph (with ``jit_compile``, XLA compiles the encoder too).
 
     ``method="beam"`` keeps ``beam_size`` captions per image (1: greedy, the same words as
-    ``model.greedy``); ``method="sample"`` draws ``num_samples`` with ``temperature``, ``top_k``
+    ``utils.captioner.greedy_decode``); ``method="sample"`` draws ``num_samples`` with ``temperature``, ``top_k``
     and ``seed`` as in :func:`sample`. Attention is ``[B, K, max_length, R]``.
     """
     images = tf.convert_to_tensor(images)
