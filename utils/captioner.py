@@ -2,7 +2,8 @@
 decoding, and the faster training step the book trains with.
 
 Built in chapter 5: the plain :class:`Captioner` in section 5.7, :func:`greedy_decode` in 5.8,
-:class:`FastCaptioner` and :func:`build_captioner` in 5.10. The code between a ``# >>>`` and a
+:class:`FastCaptioner` in 5.10, :func:`build_captioner` in 5.11, :func:`caption_log_likelihood`
+in 5.15. The code between a ``# >>>`` and a
 ``# <<<`` line is that chapter's cell, copied here by ``make code`` (``book/chapter_code.py``):
 edit the chapter, not these lines. ``tests/test_chapter_code.py`` keeps the two equal.
 

@@ -4,7 +4,7 @@ Captions in a batch have different lengths and are padded with id 0; the padding
 or the loss (and its gradient) would change with nothing but the amount of padding in a batch.
 ``targets`` are ``int[B, T]`` word ids, ``logits`` ``float[B, T, V]``.
 
-Built in chapter 3 (section 3.3) and chapter 5 (the attention regulariser). The code between a
+Built in chapter 3 (section 3.3) and chapter 5 (section 5.7, the attention regulariser). The code between a
 ``# >>>`` and a ``# <<<`` line is a chapter's cell, copied here by ``make code``
 (``book/chapter_code.py``): edit the chapter, not these lines.
 """
