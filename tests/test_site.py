@@ -227,3 +227,18 @@ def test_screenshots_are_kept(rendered, site):
     names = list(rendered)
     for path in browser_check.screenshot_targets(names, site).values():
         assert path.exists() and path.stat().st_size > 10_000, f"{path} is missing or empty"
+
+
+def test_the_architecture_figure_is_on_the_pages_of_chapters_2_and_5(site):
+    """The captioner's architecture figure, with its tensor shapes, is drawn by code in chapters
+    2 and 5: on the site each page holds it as a captioned figure with an image."""
+    from bs4 import BeautifulSoup
+
+    for page, name in (("chapters/02_concepts.html", "fig-ch2-architecture"),
+                       ("chapters/05_implementation.html", "fig-ch5-architecture")):
+        soup = BeautifulSoup((site / page).read_text(encoding="utf-8"), "html.parser")
+        figure = soup.find(id=name)
+        assert figure is not None, f"{page} has no element with id {name}"
+        figure = figure if figure.name == "figure" else figure.find_parent("figure") or figure
+        assert figure.find("img") is not None, f"{name} on {page} has no image"
+        assert "tensor" in figure.get_text(" ") or "size" in figure.get_text(" "), figure.get_text()
