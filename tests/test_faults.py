@@ -247,13 +247,13 @@ def test_a_null_vocabulary_size_is_blamed_on_export_json(exported, tmp_path, cap
 
 
 def test_a_damaged_model_file_with_a_matching_hash_is_named(exported, tmp_path, capsys, good_png):
-    from utils.export import _file_hash
+    from utils.checksums import file_sha256
 
     run = copy(exported, tmp_path)
     model_file, path = run / "captioner" / "model.keras", run / "captioner" / "export.json"
     model_file.write_bytes(model_file.read_bytes()[:5000])  # cut short, then the hash "fixed"
     path.write_text(json.dumps({**json.loads(path.read_text()),
-                                "model_sha256": _file_hash(model_file)}))
+                                "model_sha256": file_sha256(model_file)}))
     status, _, err = run_main(capsys, "caption", "--model", run, good_png)
     assert_one_error(status, err, str(model_file), "cut short or damaged")
     assert "not found" not in err

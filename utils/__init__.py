@@ -19,10 +19,10 @@ __version__ = "0.1.0"
 #: Where the book lives; the Colab badges and the Colab install line point here.
 REPO_URL = "https://github.com/image-understanding-book/image-captioning-book"
 
-_SUBMODULES = ("profile", "shapes", "datasets", "download", "images", "text", "encoders",
-               "backbones", "features", "attention", "decoders", "losses", "captioner", "model",
-               "train", "decoding", "metrics", "viz", "evaluation", "export", "recognition",
-               "apps")
+_SUBMODULES = ("profile", "checksums", "shapes", "datasets", "download", "images", "text",
+               "encoders", "backbones", "features", "attention", "decoders", "losses", "captioner",
+               "model", "train", "decoding", "metrics", "viz", "evaluation", "export",
+               "recognition", "apps")
 
 
 def __getattr__(name: str):

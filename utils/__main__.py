@@ -277,7 +277,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     pixels = datasets.load_pixels(chosen, metadata["image_size"])
 
     from . import metrics
-    from .export import _file_hash, load_captioner
+    from .checksums import file_sha256
+    from .export import load_captioner
     from .train import caption_images
 
     loaded = load_captioner(folder)
@@ -291,7 +292,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
         rates = caption_rates(captions, [record.scene for record in chosen])["all"]
         scores.update({key: rates[key] for key in ("exact", "correct", "complete")})
-    data_sha256 = _file_hash(json_path)
+    data_sha256 = file_sha256(json_path)
     report = {**scores, "images": len(chosen), "split": args.split, "beam_size": args.beam_size,
               "export": str(folder), "data": str(json_path.resolve()), "data_sha256": data_sha256}
     # Beside the export (in the run folder), never inside it.

@@ -99,13 +99,17 @@ class Captioner(keras.Model):
         images, captions, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             terms = self.objective(images, captions, training=True)
-            total = terms.loss + terms.reinforce
+            total = self.loss_for_gradients(terms.loss + terms.reinforce)
         gradients = tape.gradient(total, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         if terms.reward is not None:
             self.decoder.update_baseline(terms.reward)
         self.loss_tracker.update_state(terms.loss)
         return {"loss": self.loss_tracker.result()}
+
+    def loss_for_gradients(self, total):
+        """What the gradient is taken of: here the loss itself (section 5.10 scales it)."""
+        return total
 
     def test_step(self, data):
         images, captions, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -206,12 +210,14 @@ class FastCaptioner(Captioner):
                 self.decoder.teacher_force, jit_compile=self.jit_decoder, reduce_retracing=True)
         return self.compiled_decoders[length](regions, tokens, training=training)
 
-    def objective(self, images, captions, training=False, trim=False):
-        """With ``trim``, the decoder runs only the steps that the batch's longest caption needs,
+    def objective(self, images, captions, training=False, trim=None):
+        """With ``trim`` (by default: while training, if ``trim_batches``), the decoder runs
+        only the steps that the batch's longest caption needs,
         rounded up to one of :func:`step_buckets`; the terms are those without, since padding is
         masked out of every one of them. The bucket is picked inside the graph
         (``tf.switch_case``), so one traced step serves every batch and each bucket's decoder is
         compiled for its own length."""
+        trim = training and self.trim_batches if trim is None else trim
         positions = captions.shape[1]
         if not trim or positions is None or positions - 1 <= TRIM_MULTIPLE:
             return super().objective(images, captions, training)
@@ -233,22 +239,12 @@ class FastCaptioner(Captioner):
         loss, reinforce, reward = tf.switch_case(index, [branch(n) for n in buckets])
         return Objective(loss, reinforce, reward if sampled else None)
 
-    def train_step(self, data):
-        images, captions, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            terms = self.objective(images, captions, training=True, trim=self.trim_batches)
-            total = terms.loss + terms.reinforce
-            # The optimizer sums the replicas' gradients, so each brings its share.
-            total = total / replicas_in_sync()
-            # Under mixed precision Keras wraps the optimizer in a LossScaleOptimizer: the loss
-            # is scaled up so that float16 gradients do not underflow; apply() scales them back.
-            total = self.optimizer.scale_loss(total)
-        gradients = tape.gradient(total, self.trainable_variables)
-        self.optimizer.apply(gradients, self.trainable_variables)
-        if terms.reward is not None:
-            self.decoder.update_baseline(terms.reward)
-        self.loss_tracker.update_state(terms.loss)
-        return {"loss": self.loss_tracker.result()}
+    def loss_for_gradients(self, total):
+        # The optimizer sums the replicas' gradients, so each brings its share.
+        total = total / replicas_in_sync()
+        # Under mixed precision Keras wraps the optimizer in a LossScaleOptimizer: the loss is
+        # scaled up so that float16 gradients do not underflow; apply() scales them back.
+        return self.optimizer.scale_loss(total)
 
     def get_config(self):
         return {**super().get_config(), "jit_decoder": self.jit_decoder}

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .checksums import file_sha256
 from .text import Vocabulary
 
 FORMAT = "image-understanding-captioner"
@@ -84,14 +85,6 @@ class LoadedCaptioner:
 def vocabulary_hash(words: Sequence[str]) -> str:
     """sha256 of the word list (order matters: it defines the ids)."""
     return hashlib.sha256(json.dumps(list(words), ensure_ascii=False).encode("utf-8")).hexdigest()
-
-
-def _file_hash(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def register_model_classes() -> None:
@@ -150,7 +143,7 @@ def save_captioner(model, vocabulary: Vocabulary, path: str | os.PathLike, *, im
             "profile": profile_name,
             "vocabulary_size": len(vocabulary),
             "vocabulary_sha256": vocabulary_hash(vocabulary.words),
-            "model_sha256": _file_hash(staging / MODEL_FILE),
+            "model_sha256": file_sha256(staging / MODEL_FILE),
             "keras_version": keras.__version__,
             "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "extra": dict(extra or {}),
@@ -270,7 +263,7 @@ def check_export(path: str | os.PathLike) -> tuple[pathlib.Path, dict, Vocabular
     model_file = folder / MODEL_FILE
     if not model_file.is_file():
         raise ExportMismatchError(f"{model_file} is missing")
-    actual = _file_hash(model_file)
+    actual = file_sha256(model_file)
     if actual != metadata["model_sha256"]:
         raise ExportMismatchError(
             f"{model_file} is not the model this export was saved with (sha256 {actual[:12]}, "

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import itertools
 import json
 import math
@@ -38,6 +37,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .checksums import file_sha256
 
 try:
     import fcntl
@@ -960,7 +961,7 @@ def _not_written_here(out_dir: pathlib.Path) -> str | None:
         recorded = None
     if not isinstance(recorded, str):
         return f"no valid {MARKER_NAME}, which this program writes into every dataset folder"
-    if not json_path.is_file() or _sha256(json_path) != recorded:
+    if not json_path.is_file() or file_sha256(json_path) != recorded:
         return f"{JSON_NAME} does not have the sha256 that {MARKER_NAME} records"
     return _foreign_image(out_dir / IMAGE_FOLDER, json.loads(json_path.read_text("utf-8")))
 
@@ -978,14 +979,6 @@ def _foreign_image(image_folder: pathlib.Path, dataset: dict) -> str | None:
         if entry.name not in listed or entry.is_symlink() or not entry.is_file():
             return f"{IMAGE_FOLDER}/{entry.name} is not one of its images"
     return None
-
-
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fill_folder(
@@ -1036,7 +1029,7 @@ def _write_marker(folder: pathlib.Path, num_images: int, seed: int, image_size: 
     marker = {
         "program": MARKER_PROGRAM,
         "dataset": JSON_NAME,
-        "sha256": _sha256(folder / JSON_NAME),
+        "sha256": file_sha256(folder / JSON_NAME),
         "generator_version": GENERATOR_VERSION,
         "num_images": num_images,
         "seed": seed,
