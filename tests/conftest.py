@@ -1,0 +1,208 @@
+"""Fixtures shared by the unit tests, and the markers they use.
+
+``smoke_run``
+    A captioner trained once per pytest run by ``python -m utils train --profile smoke``, called
+    in-process, with its data in a temporary ``BOOK_DATA``. Tests that need *a* trained model
+    (exporting, evaluating, captioning, loading a finished run) share it; tests of training
+    itself (resuming, learning a few images) still train their own, as small as they can be.
+``run_cli``
+    ``python -m utils ARGS`` run in-process through ``utils.__main__.main``: the same parser and
+    commands without a new Python and a new TensorFlow for every call. ``tests/test_cli.py``
+    keeps a few real subprocess runs to prove the module runs as a program.
+``java_replay``
+    The COCO caption toolkit's Java programs (its PTB tokenizer, its METEOR wrapper) answered from
+    golden files under ``tests/golden/``, recorded from the real jars; tests marked ``java``
+    still run the jars. ``BOOK_RECORD_GOLDEN=1`` records the golden files again (needs Java).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import pathlib
+import shutil
+import sys
+
+import pytest
+
+GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
+RECORD_GOLDEN = os.environ.get("BOOK_RECORD_GOLDEN") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    if shutil.which("java") is not None:
+        return
+    skip = pytest.mark.skip(reason="needs Java: apt-get install default-jre-headless")
+    for item in items:
+        if "java" in item.keywords:
+            item.add_marker(skip)
+
+
+# --- the command line, in-process --------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CliResult:
+    """What ``python -m utils`` would have returned: exit status and the two output streams."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]):
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in variables.items():
+            patch.setenv(name, value)
+        yield
+
+
+def _tensorflow_state() -> tuple[bool, str]:
+    """Op determinism on?, and Keras' dtype policy; read only once TensorFlow is imported."""
+    if "tensorflow" not in sys.modules:
+        return False, "float32"
+    import keras
+    from tensorflow.python.framework import config as tf_config
+
+    return tf_config.is_op_determinism_enabled(), keras.mixed_precision.global_policy().name
+
+
+@contextlib.contextmanager
+def _tensorflow_state_kept():
+    """`train` calls ``utils.setup()``, which turns on TensorFlow's op determinism and may set
+    a mixed-precision policy for the whole process; the tests after it must see neither."""
+    before = _tensorflow_state()
+    try:
+        yield
+    finally:
+        if _tensorflow_state() != before:
+            import keras
+            from tensorflow.python.framework import config as tf_config
+
+            determinism, policy = before
+            (tf_config.enable_op_determinism if determinism
+             else tf_config.disable_op_determinism)()
+            keras.mixed_precision.set_global_policy(policy)
+
+
+def cli_in_process(*arguments, env: dict[str, str] | None = None) -> CliResult:
+    """Run ``python -m utils *arguments`` through ``utils.__main__.main`` and capture its output
+    (argparse's usage errors exit with status 2, as the program does)."""
+    from utils.__main__ import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with (_environment(env or {}), _tensorflow_state_kept(), contextlib.redirect_stdout(stdout),
+          contextlib.redirect_stderr(stderr)):
+        try:
+            status = main([str(argument) for argument in arguments])
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else 1
+    return CliResult(status, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture
+def run_cli():
+    """``run_cli(*arguments, env={...})`` -> :class:`CliResult`, in this process."""
+    return cli_in_process
+
+
+# --- one trained smoke captioner per pytest run ------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SmokeRun:
+    """A finished ``train --profile smoke`` run and how it was made."""
+
+    data: pathlib.Path  # BOOK_DATA of the run (its Shapes dataset is in there)
+    out: pathlib.Path  # the run folder given to --out
+    arguments: tuple[str, ...]  # the train command, without "python -m utils"
+    output: str  # what the command printed
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"BOOK_DATA": str(self.data), "BOOK_PROFILE": "smoke"}
+
+    @property
+    def export(self) -> pathlib.Path:
+        return self.out / "captioner"
+
+    @property
+    def training(self) -> pathlib.Path:
+        return self.out / "training"
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> SmokeRun:
+    """The smoke-profile captioner, trained once per pytest run (read-only for the tests: copy
+    it before changing anything)."""
+    root = tmp_path_factory.mktemp("smoke-run")
+    out = root / "runs" / "smoke"
+    arguments = ("train", "--dataset", "shapes", "--profile", "smoke", "--out", str(out),
+                 "--seed", "0")
+    data = root / "data"
+    result = cli_in_process(*arguments, env={"BOOK_DATA": str(data), "BOOK_PROFILE": "smoke"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return SmokeRun(data, out, arguments, result.stdout)
+
+
+# --- the toolkit's Java programs, replayed ------------------------------------------------------
+
+
+def _key(value) -> str:
+    """A stable name for a call's input: the SHA-256 of its JSON."""
+    return hashlib.sha256(json.dumps(value, ensure_ascii=False).encode()).hexdigest()[:24]
+
+
+class GoldenCalls:
+    """Answers of one program, recorded per input in ``tests/golden/<name>.json``.
+
+    ``call(input, run)`` returns the recorded answer for ``input``; when recording
+    (``BOOK_RECORD_GOLDEN=1``) it runs ``run(input)`` instead and keeps the answer. A missing
+    answer is an error that says how to record it, never a silent call to Java.
+    """
+
+    def __init__(self, name: str, source: str):
+        self.path = GOLDEN / f"{name}.json"
+        self.source = source
+        stored = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.answers: dict = stored.get("answers", {})
+        self.used: set[str] = set()
+
+    def call(self, value, run):
+        key = _key(value)
+        self.used.add(key)
+        if RECORD_GOLDEN:
+            self.answers[key] = run(value)
+        elif key not in self.answers:
+            raise LookupError(f"{self.path.name} has no answer for this input; record it with "
+                              f"BOOK_RECORD_GOLDEN=1 pytest {self.source} (needs Java)")
+        return self.answers[key]
+
+    def save(self) -> None:
+        """Write the answers used in this run (recording only), so unused ones drop out."""
+        if not RECORD_GOLDEN or not self.used:
+            return
+        kept = {key: self.answers[key] for key in sorted(self.used)}
+        self.path.parent.mkdir(exist_ok=True)
+        self.path.write_text(json.dumps({"recorded_from": self.source, "answers": kept},
+                                        ensure_ascii=False, indent=0) + "\n")
+
+
+@pytest.fixture(scope="session")
+def java_replay():
+    """``java_replay(name)`` -> :class:`GoldenCalls` for one program; saved at the end of the
+    run when recording."""
+    calls: dict[str, GoldenCalls] = {}
+
+    def golden(name: str, source: str = "tests/test_metrics.py") -> GoldenCalls:
+        if name not in calls:
+            calls[name] = GoldenCalls(name, source)
+        return calls[name]
+
+    yield golden
+    for recorded in calls.values():
+        recorded.save()
