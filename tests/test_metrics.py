@@ -1,12 +1,13 @@
 """utils.metrics: hand-computed anchors for the book, and equality with the COCO caption toolkit.
 
-Tests marked ``needs_java`` run pycocoevalcap's Java programs (its PTBTokenizer, METEOR) as the
-reference; without Java they are skipped and the rest still run.
+The toolkit's Java programs (its PTBTokenizer, its METEOR wrapper) are the reference. Most tests
+read their answers from golden files recorded from the real jars (``tests/golden/``, the
+``java_replay`` fixture of conftest.py; ``BOOK_RECORD_GOLDEN=1`` records them again); tests
+marked ``java`` run the jars themselves and are skipped without Java.
 """
 import math
 import os
 import random
-import shutil
 import subprocess
 import sys
 
@@ -16,8 +17,6 @@ from utils import metrics
 from utils.metrics import (bleu_counts, bleu_from_counts, cider_d, corpus_bleu, evaluate_captions,
                            lcs_length, ptb_tokenize, ptb_tokenize_batch, rouge_l)
 
-needs_java = pytest.mark.skipif(shutil.which("java") is None,
-                                reason="needs Java: apt-get install default-jre-headless")
 TOOLKIT_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
 
 # --- caption-like text, with what makes tokenisation hard ---------------------------------------
@@ -89,36 +88,58 @@ def corpus(seed: int, images: int) -> tuple[dict, dict]:
 
 # --- the toolkit, for comparison -----------------------------------------------------------------
 
-def toolkit_tokenize(captions: list[str]) -> list[str]:
+def java_tokenize(captions: list[str]) -> list[str]:
+    """The toolkit's PTBTokenizer (Java) on a batch of captions, one line per caption: it
+    tokenises them as one file, so a caption's last token may depend on the next one."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     lines = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(captions)})
     return [lines[i][0] for i in range(len(captions))]
 
 
-def toolkit_inputs(references: dict, candidates: dict) -> tuple[dict, dict]:
-    """References and candidates tokenised by the toolkit, in the order evaluate_captions uses."""
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+@pytest.fixture
+def toolkit_tokenize(java_replay):
+    """:func:`java_tokenize`, answered from tests/golden/ptb_tokenizer.json."""
+    pytest.importorskip("pycocoevalcap")
+    golden = java_replay("ptb_tokenizer")
+    return lambda captions: golden.call(list(captions), java_tokenize)
 
-    tokenizer = PTBTokenizer()
-    gts = tokenizer.tokenize({i: [{"caption": r} for r in references[i]] for i in candidates})
-    res = tokenizer.tokenize({i: [{"caption": candidates[i]}] for i in candidates})
+
+def toolkit_inputs(references: dict, candidates: dict, tokenize) -> tuple[dict, dict]:
+    """References and candidates tokenised as the toolkit does (each dict as one file), in the
+    order evaluate_captions uses: ``{image: [tokenised reference, ...]}``, ``{image: [one]}``."""
+    images = list(candidates)
+    flat = iter(tokenize([r for i in images for r in references[i]]))
+    gts = {i: [next(flat) for _ in references[i]] for i in images}
+    res = dict(zip(images, ([line] for line in tokenize([candidates[i] for i in images]))))
     return gts, res
 
 
-def toolkit_scores(references: dict, candidates: dict) -> dict:
+def toolkit_scores(references: dict, candidates: dict, tokenize) -> dict:
     """{metric: (corpus score, [per-image scores])} from pycocoevalcap with its PTBTokenizer."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    gts, res = toolkit_inputs(references, candidates)
+    gts, res = toolkit_inputs(references, candidates, tokenize)
     bleu_scores, bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
     scores = {f"Bleu_{n + 1}": (bleu_scores[n], bleu_each[n]) for n in range(4)}
     for name, scorer in (("ROUGE_L", Rouge()), ("CIDEr", Cider())):
         value, each = scorer.compute_score(gts, res)
         scores[name] = (value, list(each))
     return scores
+
+
+def java_meteor(inputs: dict) -> list:
+    """The toolkit's own METEOR wrapper on ``{"gts": ..., "res": ...}``: [corpus, per-image]."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    scorer = Meteor()
+    try:
+        value, each = scorer.compute_score(inputs["gts"], inputs["res"])
+    finally:
+        scorer.meteor_p.kill()  # its wrapper only stops Java when garbage-collected
+    return [value, list(each)]
 
 
 def assert_same_scores(ours: dict, theirs: dict, images: list) -> None:
@@ -250,33 +271,43 @@ def test_a_caption_can_depend_on_the_next_one_as_in_the_toolkit():
     assert lines == [["the", "letter", "b"], ["a", "dog"], ["the", "letter", "b."], ["a", "dog"]]
 
 
-@needs_java
-def test_ptb_tokenize_matches_the_java_tokenizer():
-    pytest.importorskip("pycocoevalcap")
+def tokenizer_corpus() -> list[str]:
+    """Thousands of strings that make tokenisation hard: the tricky list, caption-like text and
+    random characters (seeded, so the golden file's key stays the same)."""
     rng = random.Random(1)
     alphabet = list("aeinostAETSxyzdm0159 .,'\"-()!?;:&/$%#@*_`[]{}<>+=") + [
         "’", "“", "”", "—", "…", "é", "½", "\u00ad", "\u0301"]
     noise = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 25))) for _ in range(1500)]
-    texts = TRICKY + [caption(rng) for _ in range(4000)] + noise
+    return TRICKY + [caption(rng) for _ in range(4000)] + noise
+
+
+def test_ptb_tokenize_matches_the_java_tokenizer(toolkit_tokenize):
+    texts = tokenizer_corpus()
     ours = [" ".join(tokens) for tokens in ptb_tokenize_batch(texts)]
     theirs = toolkit_tokenize(texts)
     assert [(text, o, t) for text, o, t in zip(texts, ours, theirs) if o != t] == []
 
 
+@pytest.mark.java
+def test_ptb_tokenize_matches_the_running_java_tokenizer():
+    """The golden answers come from this jar; a few hundred strings are checked against it live."""
+    pytest.importorskip("pycocoevalcap")
+    texts = TRICKY + tokenizer_corpus()[-300:]
+    ours = [" ".join(tokens) for tokens in ptb_tokenize_batch(texts)]
+    assert ours == java_tokenize(texts)
+
+
 # --- everything against the toolkit ------------------------------------------------------------
 
-@needs_java
 @pytest.mark.parametrize("seed, images", [(0, 1), (1, 2), (2, 7), (3, 30), (4, 60), (5, 150)])
-def test_scores_equal_the_toolkit_on_generated_corpora(seed, images):
-    pytest.importorskip("pycocoevalcap")
+def test_scores_equal_the_toolkit_on_generated_corpora(toolkit_tokenize, seed, images):
     references, candidates = corpus(seed, images)
     ours = evaluate_captions(references, candidates, TOOLKIT_METRICS, per_image=True)
-    assert_same_scores(ours, toolkit_scores(references, candidates), list(candidates))
+    theirs = toolkit_scores(references, candidates, toolkit_tokenize)
+    assert_same_scores(ours, theirs, list(candidates))
 
 
-@needs_java
-def test_scores_equal_the_toolkit_on_edge_cases():
-    pytest.importorskip("pycocoevalcap")
+def test_scores_equal_the_toolkit_on_edge_cases(toolkit_tokenize):
     references = {
         "empty": ["", "."],  # captions that tokenise to nothing
         "one word": ["dog", "a dog"],
@@ -289,21 +320,20 @@ def test_scores_equal_the_toolkit_on_edge_cases():
                   "fraction": "5 1/2 year", "many": "a man riding a horse",
                   "letter": "the letter b."}
     ours = evaluate_captions(references, candidates, TOOLKIT_METRICS, per_image=True)
-    assert_same_scores(ours, toolkit_scores(references, candidates), list(candidates))
+    theirs = toolkit_scores(references, candidates, toolkit_tokenize)
+    assert_same_scores(ours, theirs, list(candidates))
 
 
-@needs_java
-def test_meteor_equals_the_toolkits_meteor():
-    meteor = pytest.importorskip("pycocoevalcap.meteor.meteor")
+@pytest.mark.java
+def test_meteor_equals_the_toolkits_meteor(toolkit_tokenize, java_replay):
+    """Our METEOR runs the jar here; the toolkit's wrapper's answer for the same captions is the
+    one recorded in tests/golden/toolkit_meteor.json."""
     references, candidates = corpus(4, 40)
     references["accents"], candidates["accents"] = ["un café noir", "a black coffee"], "café noir"
     references["bars"], candidates["bars"] = ["a | b ||| c"], "a ||| b"
     ours = evaluate_captions(references, candidates, ["METEOR"], per_image=True)
-    scorer = meteor.Meteor()
-    try:
-        theirs, each = scorer.compute_score(*toolkit_inputs(references, candidates))
-    finally:
-        scorer.meteor_p.kill()  # its wrapper only stops Java when garbage-collected
+    gts, res = toolkit_inputs(references, candidates, toolkit_tokenize)
+    theirs, each = java_replay("toolkit_meteor").call({"gts": gts, "res": res}, java_meteor)
     assert ours["METEOR"] == pytest.approx(theirs, abs=1e-9)
     assert [ours["per_image"]["METEOR"][i] for i in candidates] == pytest.approx(each, abs=1e-9)
 
