@@ -8,8 +8,10 @@ marked ``java`` run the jars themselves and are skipped without Java.
 import math
 import os
 import random
+import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -324,18 +326,211 @@ def test_scores_equal_the_toolkit_on_edge_cases(toolkit_tokenize):
     assert_same_scores(ours, theirs, list(candidates))
 
 
+def meteor_corpus() -> tuple[dict, dict]:
+    """Generated captions plus accents and METEOR's field separator "|||" inside captions."""
+    references, candidates = corpus(4, 40)
+    references["accents"], candidates["accents"] = ["un café noir", "a black coffee"], "café noir"
+    references["bars"], candidates["bars"] = ["a | b ||| c"], "a ||| b"
+    return references, candidates
+
+
 @pytest.mark.java
 def test_meteor_equals_the_toolkits_meteor(toolkit_tokenize, java_replay):
     """Our METEOR runs the jar here; the toolkit's wrapper's answer for the same captions is the
     one recorded in tests/golden/toolkit_meteor.json."""
-    references, candidates = corpus(4, 40)
-    references["accents"], candidates["accents"] = ["un café noir", "a black coffee"], "café noir"
-    references["bars"], candidates["bars"] = ["a | b ||| c"], "a ||| b"
+    references, candidates = meteor_corpus()
     ours = evaluate_captions(references, candidates, ["METEOR"], per_image=True)
     gts, res = toolkit_inputs(references, candidates, toolkit_tokenize)
     theirs, each = java_replay("toolkit_meteor").call({"gts": gts, "res": res}, java_meteor)
     assert ours["METEOR"] == pytest.approx(theirs, abs=1e-9)
     assert [ours["per_image"]["METEOR"][i] for i in candidates] == pytest.approx(each, abs=1e-9)
+
+
+class ReplayedJar:
+    """Stands in for ``metrics._JavaLineServer``: every ``ask`` is answered with what the METEOR
+    jar answered to the same lines (tests/golden/meteor_jar.json); when recording, the jar runs."""
+
+    golden = None  # the GoldenCalls of the jar, set by the test
+
+    def __init__(self, command, cwd, seconds):
+        self.start = (command, cwd, seconds)
+        self.jar = None
+
+    def ask(self, lines, answers):
+        return self.golden.call({"lines": lines, "answers": answers}, self._ask_the_jar)
+
+    def _ask_the_jar(self, request):
+        if self.jar is None:
+            self.jar = REAL_LINE_SERVER(*self.start).__enter__()
+        return self.jar.ask(request["lines"], request["answers"])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        if self.jar is not None:
+            self.jar.__exit__(*exception)
+
+
+REAL_LINE_SERVER = metrics._JavaLineServer
+
+
+def test_meteor_speaks_the_jars_protocol(monkeypatch, java_replay, toolkit_tokenize):
+    """Our METEOR's requests and its reading of the answers, against the jar's recorded answers
+    (no Java needed): the scores are the toolkit's."""
+    monkeypatch.setattr(metrics, "_find_java", lambda: "java")
+    monkeypatch.setattr(ReplayedJar, "golden", java_replay("meteor_jar"))
+    monkeypatch.setattr(metrics, "_JavaLineServer", ReplayedJar)
+    references, candidates = meteor_corpus()
+    ours = evaluate_captions(references, candidates, ["METEOR"], per_image=True)
+    gts, res = toolkit_inputs(references, candidates, toolkit_tokenize)
+    theirs, each = java_replay("toolkit_meteor").call({"gts": gts, "res": res}, java_meteor)
+    assert ours["METEOR"] == pytest.approx(theirs, abs=1e-9)
+    assert [ours["per_image"]["METEOR"][i] for i in candidates] == pytest.approx(each, abs=1e-9)
+
+
+def test_meteor_refuses_answers_that_are_not_scores(monkeypatch):
+    class Confused(ReplayedJar):
+        def ask(self, lines, answers):
+            return ["not a number"] * answers
+
+    monkeypatch.setattr(metrics, "_find_java", lambda: "java")
+    monkeypatch.setattr(metrics, "_JavaLineServer", Confused)
+    with pytest.raises(metrics.MetricUnavailableError, match="not a score: \\['not a number'"):
+        metrics.meteor(["a dog"], [["a dog"]])
+
+
+# --- the Java line server, on stand-in programs ------------------------------------------------
+
+
+def stand_in(tmp_path, body: str) -> list[str]:
+    """A command that runs ``body`` as a Python program and names "stand-in.jar" as its jar."""
+    program = tmp_path / "program.py"
+    program.write_text(f"import sys, time\n{body}\n")
+    return [sys.executable, str(program), "-jar", str(tmp_path / "stand-in.jar")]
+
+
+def test_line_server_answers_line_by_line(tmp_path):
+    echo = stand_in(tmp_path, "for line in sys.stdin:\n"
+                              "    print('  got ' + line.strip() + '  ', flush=True)")
+    with metrics._JavaLineServer(echo, tmp_path, seconds=60) as server:
+        assert server.ask(["a b", "c"], answers=2) == ["got a b", "got c"]
+        assert server.ask(["ü"], answers=1) == ["got ü"]
+        process = server._process
+    assert process.poll() is not None  # killed on leaving the block
+
+
+def test_line_server_reports_why_the_program_stopped(tmp_path):
+    failing = stand_in(tmp_path, "print('starting', file=sys.stderr)\n"
+                                 "print('Exception: no paraphrase table', file=sys.stderr)\n"
+                                 "sys.exit(3)")
+    with metrics._JavaLineServer(failing, tmp_path, seconds=60) as server:
+        with pytest.raises(metrics.MetricUnavailableError,
+                           match=r"^stand-in.jar stopped: Exception: no paraphrase table$"):
+            server.ask(["x"], answers=1)
+    silent = stand_in(tmp_path, "sys.exit(0)")
+    with metrics._JavaLineServer(silent, tmp_path, seconds=60) as server:
+        with pytest.raises(metrics.MetricUnavailableError, match="stopped: no message"):
+            server.ask(["x"], answers=1)
+
+
+def test_line_server_stops_a_program_that_does_not_answer_in_time(tmp_path):
+    mute = stand_in(tmp_path, "time.sleep(60)")
+    started = time.monotonic()
+    with metrics._JavaLineServer(mute, tmp_path, seconds=0.5) as server:
+        with pytest.raises(metrics.MetricUnavailableError, match="^stand-in.jar gave no answer"):
+            server.ask(["x"], answers=1)
+    assert time.monotonic() - started < 10
+
+
+def test_line_server_says_when_java_cannot_start(tmp_path):
+    missing = [str(tmp_path / "no-java"), "-jar", "x.jar"]
+    with pytest.raises(metrics.MetricUnavailableError, match="Java could not start"):
+        metrics._JavaLineServer(missing, tmp_path, seconds=1)
+
+
+def test_meteor_sends_one_line_per_caption_and_the_toolkits_options(monkeypatch):
+    seen = {}
+
+    class Recorder(ReplayedJar):
+        def __init__(self, command, cwd, seconds):
+            super().__init__(command, cwd, seconds)
+            seen.update(command=command, cwd=cwd, seconds=seconds, asked=[])
+
+        def ask(self, lines, answers):
+            seen["asked"].append((lines, answers))
+            # statistics per caption first, then the per-image scores and the corpus score
+            return ["1 2 3"] * answers if len(seen["asked"]) == 1 else ["0.25", "0.75", "0.5"]
+
+    monkeypatch.setattr(metrics, "_find_java", lambda: "/usr/bin/java")
+    monkeypatch.setattr(metrics, "_JavaLineServer", Recorder)
+    corpus_score, each = metrics.meteor(["a dog\nruns", "a ||| cat"],
+                                        [["a dog", "one dog"], ["a\rcat"]])
+    assert seen["command"][:4] == ["/usr/bin/java", "-Dfile.encoding=UTF-8", "-Xmx2G", "-jar"]
+    assert seen["command"][4].endswith("meteor-1.5.jar")
+    assert seen["command"][5:] == ["-", "-", "-stdio", "-l", "en", "-norm"]
+    assert pathlib.Path(seen["command"][4]).parent == seen["cwd"]
+    assert seen["seconds"] == metrics.METEOR_SECONDS + 2 * metrics.METEOR_SECONDS_PER_IMAGE
+    (scored, two), (evaluated, three) = seen["asked"]
+    assert scored == ["SCORE ||| a dog ||| one dog ||| a dog runs", "SCORE ||| a cat ||| a cat"]
+    assert two == 2 and three == 3 and evaluated == ["EVAL ||| 1 2 3 ||| 1 2 3"]
+    assert corpus_score == 0.5 and each == [0.25, 0.75]
+
+
+# --- SPICE, on a stand-in jar --------------------------------------------------------------------
+
+
+def spice_stand_in(tmp_path, body: str) -> str:
+    """An executable "java" that runs ``body`` with ``request`` and ``answer`` bound to the
+    paths SPICE is given (``java -Xmx8G -jar spice.jar REQUEST -out ANSWER ...``)."""
+    program = tmp_path / "java"
+    program.write_text(f"#!{sys.executable}\nimport json, sys, time\n"
+                       "request, answer = sys.argv[4], sys.argv[6]\n" + body + "\n")
+    program.chmod(0o755)
+    return str(program)
+
+
+@pytest.fixture
+def spice_ready(monkeypatch):
+    """SPICE as if Stanford CoreNLP were installed (no download is tried)."""
+    pytest.importorskip("pycocoevalcap")
+    monkeypatch.setattr(metrics, "SPICE_CORENLP_JARS", ())
+
+
+def test_spice_reads_the_jars_scores_per_image(tmp_path, monkeypatch, spice_ready):
+    # the stand-in answers in reverse order, one image without a score
+    java = spice_stand_in(tmp_path, (
+        "items = json.load(open(request))\n"
+        "assert [i['image_id'] for i in items] == [0, 1, 2]\n"
+        "assert items[1] == {'image_id': 1, 'test': 'a cat', 'refs': ['a cat', 'one cat']}\n"
+        "assert sys.argv[1:3] == ['-Xmx8G', '-jar'] and sys.argv[5] == '-out'\n"
+        "assert sys.argv[3].endswith('spice-1.0.jar') and sys.argv[7:] == ['-subset', '-silent']\n"
+        "scores = {0: 0.5, 1: None, 2: 0.25}\n"
+        "json.dump([{'image_id': i, 'scores': {'All': {'f': scores[i]}}} for i in (2, 1, 0)],"
+        " open(answer, 'w'))"))
+    monkeypatch.setattr(metrics, "_find_java", lambda: java)
+    mean, each = metrics.spice(["a dog", "a cat", "a bird"],
+                               [["a dog"], ["a cat", "one cat"], ["a bird"]])
+    assert each[0] == 0.5 and math.isnan(each[1]) and each[2] == 0.25
+    assert math.isnan(mean)  # a missing score makes the mean unknown
+
+
+def test_spice_failures_are_reported(tmp_path, monkeypatch, spice_ready):
+    java = spice_stand_in(tmp_path, "print('parsing', file=sys.stderr)\n"
+                                    "print('OutOfMemoryError', file=sys.stderr)\nsys.exit(3)")
+    monkeypatch.setattr(metrics, "_find_java", lambda: java)
+    with pytest.raises(metrics.MetricUnavailableError,
+                       match=r"the SPICE jar failed \(exit 3\): OutOfMemoryError$"):
+        metrics.spice(["a dog"], [["a dog"]])
+    no_answer = spice_stand_in(tmp_path, "pass")
+    monkeypatch.setattr(metrics, "_find_java", lambda: no_answer)
+    with pytest.raises(metrics.MetricUnavailableError, match=r"failed \(exit 0\): no message"):
+        metrics.spice(["a dog"], [["a dog"]])
+    slow = spice_stand_in(tmp_path, "time.sleep(60)")
+    monkeypatch.setattr(metrics, "_find_java", lambda: slow)
+    monkeypatch.setattr(metrics, "SPICE_SECONDS", 1.0)
+    with pytest.raises(metrics.MetricUnavailableError, match="SPICE took more than 1 s"):
+        metrics.spice(["a dog"], [["a dog"]])
 
 
 # --- when Java or CoreNLP are missing -----------------------------------------------------------
