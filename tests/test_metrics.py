@@ -8,6 +8,7 @@ marked ``java`` run the jars themselves and are skipped without Java.
 import math
 import os
 import random
+import re
 import pathlib
 import subprocess
 import sys
@@ -297,6 +298,40 @@ def test_ptb_tokenize_matches_the_running_java_tokenizer():
     texts = TRICKY + tokenizer_corpus()[-300:]
     ours = [" ".join(tokens) for tokens in ptb_tokenize_batch(texts)]
     assert ours == java_tokenize(texts)
+
+
+def test_alternatives_are_split_only_at_the_top_level():
+    split = metrics._top_level_alternatives
+    assert split("abc") == ["abc"]
+    assert split("a|b(c|d)") == ["a", "b(c|d)"]
+    assert split("(a|(b|c))|d|") == ["(a|(b|c))", "d", ""]
+    assert split(r"a\|b|c") == [r"a\|b", "c"]  # an escaped bar is a character
+    assert split("[a|b]|c") == ["[a|b]", "c"]  # so is a bar in a class
+    assert split(r"[\]|(]|x") == [r"[\]|(]", "x"]  # and "]" or "(" escaped or in a class
+
+
+def test_character_classes_stay_case_sensitive():
+    wrap = metrics._case_sensitive_classes
+    assert wrap("a[bc]d") == "a(?-i:[bc])d"
+    assert wrap(r"\[x[y]") == r"\[x(?-i:[y])"
+    assert wrap(r"[\]a]b[c]") == r"(?-i:[\]a])b(?-i:[c])"
+    assert wrap("abc") == "abc"
+
+
+def test_rules_compiled_now_tokenise_like_the_java_tokenizer(monkeypatch, toolkit_tokenize):
+    """The lexer's rules are compiled when the module loads; compiled again here, they still give
+    the Java tokenizer's answers, one rule per top-level alternative, in the lexer's order."""
+    rules = metrics._compile_rules()
+    assert len(rules) == sum(len(metrics._top_level_alternatives(pattern))
+                             for _, pattern, _, _ in metrics._RULES)
+    assert [rule.name for rule in rules][:3] == ["programming language", "programming language",
+                                                 "cannot, 'twas"]
+    assert rules[0].regex.pattern.startswith("(?P<token>c\\+\\+)")
+    assert rules[0].regex.flags & re.IGNORECASE
+    monkeypatch.setattr(metrics, "_LEXER_RULES", rules)
+    texts = tokenizer_corpus()
+    ours = [" ".join(tokens) for tokens in ptb_tokenize_batch(texts)]
+    assert ours == toolkit_tokenize(texts)
 
 
 # --- everything against the toolkit ------------------------------------------------------------

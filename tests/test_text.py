@@ -39,6 +39,37 @@ def test_save_and_load(tmp_path):
     assert Vocabulary.load(tmp_path / "vocab.json").words == vocab.words
 
 
+def test_decode_skips_start_stops_at_end_or_padding_and_names_unknown_ids():
+    vocab = Vocabulary(["a", "dog"])
+    assert len(vocab) == 6 and vocab.words[4:] == ["a", "dog"]
+    assert vocab.decode([2, 4, 5, 3, 4]) == "a dog"  # nothing after <end>
+    assert vocab.decode([4, 2, 5, 0, 5]) == "a dog"  # <start> anywhere is skipped; 0 stops
+    assert vocab.decode([4, 1, 6, -1, 99]) == "a <unk> <unk> <unk> <unk>"
+    assert vocab.decode([]) == ""
+    assert vocab.decode(np.array([4, 5], np.int64)) == "a dog"
+
+
+def test_encode_fits_start_and_end_into_two_positions():
+    vocab = Vocabulary(["a"])
+    assert vocab.encode(["a", "a"], 2) == [2, 3]
+    assert vocab.encode([], 3) == [2, 3, 0]
+    assert vocab.encode(["b"], 4) == [2, 1, 3, 0]
+
+
+def test_specials_are_not_repeated_when_given():
+    assert Vocabulary(["<pad>", "<unk>", "<start>", "<end>", "x"]).words[4:] == ["x"]
+    assert Vocabulary(["x", "<end>", "y"]).words == ["<pad>", "<unk>", "<start>", "<end>", "x", "y"]
+
+
+def test_saved_vocabulary_is_readable_utf8(tmp_path):
+    vocab = Vocabulary.from_captions([["café", "猫", "café"]])
+    vocab.save(tmp_path / "vocab.json")
+    text = (tmp_path / "vocab.json").read_text(encoding="utf-8")
+    assert '"café"' in text and '"猫"' in text  # the words themselves, not \\u escapes
+    assert Vocabulary.load(tmp_path / "vocab.json").words == vocab.words == [
+        "<pad>", "<unk>", "<start>", "<end>", "café", "猫"]
+
+
 TRICKY = [
     "A red circle, left of: a CAFÉ!",
     "<start> a dog <end>",
