@@ -8,12 +8,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 CHAPTERS := $(sort $(wildcard chapters/[0-9][0-9]_*.ipynb))
 BOOK_PROFILE ?= auto
 # Executing one chapter may take this long before it is stopped (seconds).
 CHAPTER_TIMEOUT ?= 3600
 
-.PHONY: venv system-deps test unit notebooks book execute site sync clean bench
+.PHONY: venv dev-deps system-deps test unit notebooks book execute site sync clean bench mutation
 
 # The virtual environment is rebuilt when the pins change.
 $(STAMP): requirements.txt pyproject.toml
@@ -23,6 +24,13 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# Tools for developing the book (requirements-dev.txt), on top of the runtime pins.
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $(DEV_STAMP)
+
+dev-deps: $(DEV_STAMP)
 
 # Programs from Debian that the tests and the site need: npm fetches the offline MathJax, Java
 # runs the METEOR jar and the PTB tokenizer of the COCO caption toolkit, headless Chromium opens
@@ -73,9 +81,14 @@ bench: $(STAMP)
 	$(PY) -m benchmarks $(BENCH_ARGS)
 	$(PY) -m benchmarks --update-readme
 
+# Mutation score of the modules that decide correctness (tests/README.md); mutmut 3 in mutants/.
+# Tens of minutes on 2 cores; `$(PY) tests/mutation_score.py --report` rewrites the table only.
+mutation: $(DEV_STAMP)
+	$(PY) tests/mutation_score.py
+
 # Keep each chapter's .ipynb and .md pair in step (edit either, then run this).
 sync: $(STAMP)
 	$(PY) -m jupytext --sync $(CHAPTERS)
 
 clean:
-	rm -rf book/_build runs
+	rm -rf book/_build runs mutants
