@@ -25,7 +25,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-# Tools for developing the book (requirements-dev.txt), on top of the runtime pins.
+# Tools for testing the book (requirements-dev.txt: pytest-xdist, mutmut), on top of the pins.
 $(DEV_STAMP): $(STAMP) requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $(DEV_STAMP)
@@ -48,12 +48,17 @@ system-deps:
 	  fi; \
 	fi
 
-test: $(STAMP) system-deps
-	BOOK_PROFILE=smoke $(PY) -m pytest tests chapters --nbval-lax -p no:cacheprovider
+# Two pytest-xdist workers: one runs the chapters in order while the other runs the unit tests,
+# a file at a time (tests/conftest.py); the smoke captioner is trained once for both.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadscope
+
+test: $(DEV_STAMP) system-deps
+	BOOK_PROFILE=smoke $(PY) -m pytest $(PYTEST_PARALLEL) tests chapters --nbval-lax -p no:cacheprovider
 
 # Unit tests only (fast), and the notebooks only.
-unit: $(STAMP)
-	BOOK_PROFILE=smoke $(PY) -m pytest tests
+unit: $(DEV_STAMP)
+	BOOK_PROFILE=smoke $(PY) -m pytest $(PYTEST_PARALLEL) tests
 notebooks: $(STAMP)
 	BOOK_PROFILE=smoke $(PY) -m pytest chapters --nbval-lax -p no:cacheprovider
 

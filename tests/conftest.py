@@ -13,11 +13,15 @@
     The COCO caption toolkit's Java programs (its PTB tokenizer, its METEOR wrapper) answered from
     golden files under ``tests/golden/``, recorded from the real jars; tests marked ``java``
     still run the jars. ``BOOK_RECORD_GOLDEN=1`` records the golden files again (needs Java).
+
+``BOOK_TESTS_EAGER=1`` runs every ``tf.function`` eagerly (``make mutation`` sets it): the same
+Python code runs, without tracing a graph per test, several times faster for small tensors.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
@@ -32,7 +36,36 @@ GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
 RECORD_GOLDEN = os.environ.get("BOOK_RECORD_GOLDEN") == "1"
 
 
+def pytest_configure(config):
+    if os.environ.get("BOOK_TESTS_EAGER") == "1":
+        import tensorflow as tf
+
+        tf.config.run_functions_eagerly(True)
+
+
 def pytest_collection_modifyitems(config, items):
+    _skip_java_without_java(items)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, when it is installed
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs ``pytest -n 2 --dist loadscope`` over the unit tests and the chapters.
+    The chapters are one unit of work, run in order on one worker (later chapters reuse the models
+    that earlier ones train into the data folder) and, being the largest unit, first, while the
+    other worker takes the unit tests a file at a time. Other ``--dist`` modes are xdist's own."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ChaptersTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            return "chapters" if path.startswith("chapters/") else path
+
+    return ChaptersTogether(config, log)
+
+
+def _skip_java_without_java(items) -> None:
     if shutil.which("java") is not None:
         return
     skip = pytest.mark.skip(reason="needs Java: apt-get install default-jre-headless")
@@ -136,17 +169,32 @@ class SmokeRun:
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> SmokeRun:
-    """The smoke-profile captioner, trained once per pytest run (read-only for the tests: copy
-    it before changing anything)."""
-    root = tmp_path_factory.mktemp("smoke-run")
-    out = root / "runs" / "smoke"
+def smoke_run(tmp_path_factory, worker_id) -> SmokeRun:
+    """The smoke-profile captioner, trained once per pytest run, also under pytest-xdist: the
+    first worker to need it trains it under a lock, the others find it done (read-only for the
+    tests: copy it before changing anything)."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # each xdist worker has its own base folder in a shared one
+        shared = shared.parent
+    root = shared / "smoke-run"
+    out, data, printed = root / "runs" / "smoke", root / "data", root / "train-output.txt"
     arguments = ("train", "--dataset", "shapes", "--profile", "smoke", "--out", str(out),
                  "--seed", "0")
-    data = root / "data"
-    result = cli_in_process(*arguments, env={"BOOK_DATA": str(data), "BOOK_PROFILE": "smoke"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return SmokeRun(data, out, arguments, result.stdout)
+    with open(shared / "smoke-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not printed.exists():
+            result = cli_in_process(*arguments, env={"BOOK_DATA": str(data),
+                                                     "BOOK_PROFILE": "smoke"})
+            assert result.returncode == 0, result.stderr[-3000:]
+            printed.write_text(result.stdout)
+    return SmokeRun(data, out, arguments, printed.read_text())
+
+
+@pytest.fixture(scope="session")
+def worker_id(request) -> str:
+    """pytest-xdist's worker name ("gw0", ...), or "master" when tests run in one process; the
+    same as xdist's fixture of this name, and there also when xdist is not installed."""
+    return getattr(request.config, "workerinput", {}).get("workerid", "master")
 
 
 # --- the toolkit's Java programs, replayed ------------------------------------------------------
