@@ -393,3 +393,43 @@ def test_captioner_sampling_is_seeded(captioner_and_images):
     assert draws[0].attention.shape == (6, 4, 7, 64)
     with pytest.raises(ValueError, match="method"):
         decoding.decode_images(model, images, max_length=7, method="nucleus")
+
+
+# --- settings that cannot work are refused -------------------------------------------------------
+
+
+def test_sizes_that_cannot_shape_a_graph_are_refused():
+    step, state = transition_step_fn([[0, 0, 1, 0, 0]] * VOCAB), (tf.zeros([1, 3]),)
+    search = dict(start_id=START, end_id=END, beam_size=2, max_length=3)
+    for batch_size in (0, -1, None, tf.constant(1)):
+        with pytest.raises(ValueError, match=r"^batch_size must be a positive Python int \(static\)"):
+            decoding.beam_search(step, state, batch_size=batch_size, **search)
+    for width, length in ((0, 3), (2, 0)):
+        with pytest.raises(ValueError, match=f"^beam_size/num_samples and max_length must be >= 1, "
+                                             f"got {width} and {length}$"):
+            decoding.beam_search(step, state, batch_size=1, start_id=START, end_id=END,
+                                 beam_size=width, max_length=length)
+    with pytest.raises(ValueError, match="got 0 and 3"):
+        decoding.sample(step, state, batch_size=1, start_id=START, end_id=END, max_length=3,
+                        num_samples=0)
+    # the smallest search that can run: one image, one beam, one word
+    result = decoding.beam_search(step, state, batch_size=1, start_id=START, end_id=END,
+                                  beam_size=1, max_length=1)
+    np.testing.assert_array_equal(result.sequences, [[[END]]])
+
+
+@pytest.mark.parametrize("temperature, top_k", [(-0.5, 0), (1.0, -1)])
+def test_negative_temperature_or_top_k_is_refused(temperature, top_k):
+    with pytest.raises(ValueError, match=f"^temperature and top_k must be >= 0, got {temperature} "
+                                         f"and {top_k}$"):
+        decoding.sample(transition_step_fn([[0, 0, 1, 0, 0]] * VOCAB), (tf.zeros([1, 3]),),
+                        batch_size=1, start_id=START, end_id=END, max_length=2,
+                        temperature=temperature, top_k=top_k)
+
+
+def test_gnmt_length_penalty_values():
+    lengths = tf.constant([1, 7, 13])
+    np.testing.assert_allclose(decoding.gnmt_length_penalty(lengths, 0.0), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(decoding.gnmt_length_penalty(lengths, 1.0), [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(decoding.gnmt_length_penalty(lengths, 0.5),
+                               np.sqrt([1.0, 2.0, 3.0]), rtol=1e-6)
