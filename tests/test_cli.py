@@ -220,6 +220,7 @@ def write_two_images(folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     return folder / "a.png", folder / "b.jpg"
 
 
+@pytest.mark.slow
 def test_caption_as_a_process_prints_captions_and_saves_attention(smoke_run, tmp_path):
     from utils import export
 

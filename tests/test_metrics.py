@@ -370,6 +370,7 @@ def meteor_corpus() -> tuple[dict, dict]:
 
 
 @pytest.mark.java
+@pytest.mark.slow
 def test_meteor_equals_the_toolkits_meteor(toolkit_tokenize, java_replay):
     """Our METEOR runs the jar here; the toolkit's wrapper's answer for the same captions is the
     one recorded in tests/golden/toolkit_meteor.json."""

@@ -73,6 +73,7 @@ def test_greedy_pads_after_end():
     assert ended.any() and (chain[ended] != 0).any()  # there was something to pad
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit", [False, True])
 def test_model_learns_to_caption_a_few_images(jit):
     keras.utils.set_random_seed(1)

@@ -134,6 +134,7 @@ def _fit_with(monkeypatch, extra_callbacks):
     monkeypatch.setattr(keras.Model, "fit", fit)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_at_the_right_epoch_with_identical_weights(tiny, tmp_path, monkeypatch):
     profile = tiny.profile.replace(dropout=0.3)  # the dropout masks must repeat too
     args = (tiny.short["train"], tiny.short["val"], tiny.vocab, profile)
@@ -260,6 +261,7 @@ def test_log_likelihood_and_relation_preference(tiny):
     assert result["margin"] == pytest.approx(np.mean(true - swapped), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_fit_on_cached_backbone_features(tiny, tmp_path):
     """The real-data path end to end on Shapes files: extract and cache features (with a
     randomly initialised backbone: no internet here), train with fit, caption the features."""
