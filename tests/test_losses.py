@@ -103,3 +103,12 @@ def test_doubly_stochastic_penalty_by_hand_and_in_numpy():
     # every region gets exactly one step's worth: no penalty; padding steps do not count
     diagonal = tf.concat([tf.eye(3), tf.fill([1, 3], 1.0)], axis=0)[None]
     assert float(doubly_stochastic_penalty(diagonal, tf.constant([[1.0, 1.0, 1.0, 0.0]]))) == 0.0
+
+
+def test_half_precision_logits_give_a_half_precision_loss():
+    """Under mixed precision the logits may be float16: mask and loss follow their dtype."""
+    logits = random_logits(7, scale=1.0)
+    ours = masked_cross_entropy(tf.constant(TARGETS), tf.constant(logits, tf.float16))
+    assert ours.dtype == tf.float16
+    expected = numpy_token_loss(TARGETS, logits)[TARGETS != 0].mean()
+    assert float(ours) == pytest.approx(expected, rel=2e-3)

@@ -608,6 +608,51 @@ def test_spice_offline_is_skipped_with_a_clear_message(monkeypatch):
     assert "SPICE" not in metrics.DEFAULT_METRICS
 
 
+def test_corenlp_is_fetched_only_after_a_quick_reachability_test(monkeypatch, tmp_path):
+    from pycocoevalcap.spice import get_stanford_models as models
+
+    asked, fetched = [], []
+
+    class Answer:
+        def close(self):
+            asked.append("closed")
+
+    def reachable(request, timeout):
+        asked.append((request.full_url, request.get_method(), timeout))
+        return Answer()
+
+    monkeypatch.setattr(metrics.urllib.request, "urlopen", reachable)
+    monkeypatch.setattr(models, "get_stanford_models", lambda: fetched.append(True))
+    metrics._download_corenlp(tmp_path)
+    url = "http://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip"
+    assert asked[0][:2] == (url, "HEAD") and asked[0][2] <= 30 and asked[1] == "closed"
+    assert fetched == [True]
+
+    def broken_archive():
+        raise metrics.zipfile.BadZipFile("truncated")
+
+    monkeypatch.setattr(models, "get_stanford_models", broken_archive)
+    with pytest.raises(metrics.MetricUnavailableError) as raised:
+        metrics._download_corenlp(tmp_path / "lib")
+    assert str(raised.value) == (
+        f"SPICE needs Stanford CoreNLP 3.6.0, which pycocoevalcap downloads from {url} on first "
+        f"use, and that failed here (truncated); run once with internet access, or put "
+        f"stanford-corenlp-3.6.0.jar and stanford-corenlp-3.6.0-models.jar into {tmp_path / 'lib'}")
+
+
+def test_java_is_looked_up_on_the_path(monkeypatch, tmp_path):
+    java = tmp_path / "java"
+    java.write_text("#!/bin/sh\n")
+    java.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert metrics._find_java() == str(java)
+    assert metrics._java_or_advice("METEOR") == str(java)
+    java.unlink()
+    with pytest.raises(metrics.MetricUnavailableError,
+                       match=r"^METEOR runs on Java, which is not installed here: install Java"):
+        metrics._java_or_advice("METEOR")
+
+
 # --- the interface -------------------------------------------------------------------------------
 
 def test_metric_selection_and_per_image_layout():
