@@ -87,7 +87,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks --update-readme
 
 # Mutation score of the modules that decide correctness (tests/README.md); mutmut 3 in mutants/.
-# Tens of minutes on 2 cores; `$(PY) tests/mutation_score.py --report` rewrites the table only.
+# About an hour on 2 cores; tests/mutation_score.py --again re-runs the survivors only.
 mutation: $(DEV_STAMP)
 	$(PY) tests/mutation_score.py
 

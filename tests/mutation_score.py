@@ -1,6 +1,7 @@
 """Mutation score of the modules that decide whether the book's numbers are right (`make mutation`).
 
     python tests/mutation_score.py            # run mutmut, then write the table into tests/README.md
+    python tests/mutation_score.py --again    # re-run only the mutants not caught last time
     python tests/mutation_score.py --report   # only rewrite the table from mutmut's last results
 
 mutmut 3 (a pinned dev dependency, requirements-dev.txt) copies ``utils/`` into ``mutants/``,
@@ -62,14 +63,13 @@ def mutant_globs(functions: dict) -> list[str]:
             for name in names]
 
 
-def run_mutmut(functions: dict) -> None:
+def run_mutmut(names: list[str]) -> None:
     # mutmut imports the mutated copy under mutants/; a PYTHONPATH pointing at the checkout
     # would hand the tests the original package instead.
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     # Eager tf.functions (tests/conftest.py): no graph traced per mutant, several times faster.
     env.update(BOOK_PROFILE="smoke", BOOK_TESTS_EAGER="1")
-    subprocess.run([sys.executable, "-m", "mutmut", "run", *mutant_globs(functions)],
-                   cwd=ROOT, env=env, check=True)
+    subprocess.run([sys.executable, "-m", "mutmut", "run", *names], cwd=ROOT, env=env, check=True)
 
 
 def function_of(mutant: str) -> str:
@@ -136,12 +136,20 @@ def write_readme(table: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--report", action="store_true",
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--again", action="store_true",
+                        help="re-run only the mutants that were not caught (or not run) last time")
+    action.add_argument("--report", action="store_true",
                         help="only rewrite the table from the results of the last run")
     args = parser.parse_args()
     functions = settings()
-    if not args.report:
-        run_mutmut(functions)
+    if args.again:
+        left = [mutant for statuses in results(functions).values()
+                for mutant, status in statuses.items() if status not in CAUGHT]
+        if left:
+            run_mutmut(left)
+    elif not args.report:
+        run_mutmut(mutant_globs(functions))
     equivalents = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
     table = report(results(functions), equivalents)
     write_readme(table)

@@ -325,6 +325,17 @@ def test_seeded_sampling_repeats_and_other_seeds_differ():
             assert float(log_prob) == pytest.approx(expected, rel=1e-5)
 
 
+def test_sampling_defaults_are_one_sample_at_temperature_one_with_seed_zero():
+    table, codes = random_table(9), [1, 2]
+    default = run_prefix_sample(table, codes, 6)
+    explicit = run_prefix_sample(table, codes, 6, num_samples=1, temperature=1.0, top_k=0, seed=0)
+    assert default.sequences.shape == (2, 1, 6)
+    np.testing.assert_array_equal(default.sequences, explicit.sequences)
+    many = run_prefix_sample(table, codes, 6, num_samples=64, temperature=1.0, seed=0)
+    hotter = run_prefix_sample(table, codes, 6, num_samples=64, temperature=2.0, seed=0)
+    assert not np.array_equal(many.sequences, hotter.sequences)  # the temperature matters
+
+
 @pytest.mark.parametrize("temperature, top_k", [(0.5, 0), (1.0, 0), (2.0, 0), (1.0, 2)])
 def test_one_step_sample_frequencies_follow_the_tempered_distribution(temperature, top_k):
     log_probs = np.log([1e-12, 1e-12, 0.1, 0.6, 0.3])  # <end>, A, B

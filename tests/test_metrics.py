@@ -162,6 +162,7 @@ def test_perfect_match_scores_one():
 def test_hand_computed_bleu():
     # candidate "a red circle": unigram 3/3, bigram 2/2; reference length 5 -> BP = e^(1-5/3)
     scores = corpus_bleu({0: ["a red circle and square"]}, {0: "a red circle"}, max_n=2)
+    assert len(scores) == 2
     penalty = math.exp(1 - 5 / 3)
     assert scores[0] == pytest.approx(penalty, rel=1e-6)
     assert scores[1] == pytest.approx(penalty, rel=1e-6)
@@ -214,6 +215,13 @@ def test_rouge_l_by_hand():
     score = rouge_l("the cat on the mat".split(), ["the cat sat on the mat".split()])
     assert score == pytest.approx(expected)
     assert rouge_l("a b".split(), ["c d".split()]) == 0.0
+
+
+def test_rouge_l_with_empty_captions():
+    assert rouge_l([], ["a b".split()]) == 0.0  # nothing said: no precision, no recall
+    # an empty reference recalls nothing; the other reference decides: P = 1/2, R = 1/4
+    expected = (1 + 1.2**2) * 0.5 * 0.25 / (0.25 + 1.2**2 * 0.5)
+    assert rouge_l("a b".split(), [[], "a c d e".split()]) == pytest.approx(expected)
 
 
 def test_rouge_l_takes_best_precision_and_recall_separately():
