@@ -170,8 +170,23 @@ def test_relation_holds_needs_a_clear_margin():
     assert not shapes.relation_holds(left, close, "left of", 64)
     assert shapes.relation_holds(left, close, "above", 64)
     assert shapes.relation_holds(close, left, "below", 64)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^unknown relation 'next to'; choose one of \('left of', "
+                                         r"'right of', 'above', 'below'\)$"):
         shapes.relation_holds(left, near, "next to", 64)
+
+
+def test_relation_margin_is_an_eighth_of_the_image_inclusive():
+    # centres exactly 64 / 8 = 8 pixels apart hold; 7 apart do not (x and y alike)
+    here = _obj("red", "circle", "small", [10, 10, 20, 20])  # centre (15, 15)
+    eight = _obj("blue", "star", "small", [18, 18, 28, 28])  # centre (23, 23)
+    seven = _obj("blue", "star", "small", [17, 17, 27, 27])  # centre (22, 22)
+    for relation, a, b in (("left of", here, eight), ("right of", eight, here),
+                           ("above", here, eight), ("below", eight, here)):
+        assert shapes.relation_holds(a, b, relation, 64), relation
+    for relation, a, b in (("left of", here, seven), ("right of", seven, here),
+                           ("above", here, seven), ("below", seven, here)):
+        assert not shapes.relation_holds(a, b, relation, 64), relation
+    assert shapes.relation_holds(here, seven, "left of", 56)  # 56 / 8 = 7
 
 
 # --------------------------------------------------------------------------- the checker
