@@ -1,18 +1,22 @@
-"""Fixtures shared by the unit tests, and the markers they use.
+"""Fixtures and hooks shared by the unit tests (tests/README.md tells the whole story).
 
 ``smoke_run``
     A captioner trained once per pytest run by ``python -m utils train --profile smoke``, called
-    in-process, with its data in a temporary ``BOOK_DATA``. Tests that need *a* trained model
-    (exporting, evaluating, captioning, loading a finished run) share it; tests of training
-    itself (resuming, learning a few images) still train their own, as small as they can be.
+    in-process, with its data in a temporary ``BOOK_DATA`` (under pytest-xdist, once for all
+    workers). Tests that need *a* trained model (exporting, evaluating, captioning, loading a
+    finished run) share it; tests of training itself (resuming, learning a few images) still
+    train their own, as small as they can be.
 ``run_cli``
     ``python -m utils ARGS`` run in-process through ``utils.__main__.main``: the same parser and
     commands without a new Python and a new TensorFlow for every call. ``tests/test_cli.py``
     keeps a few real subprocess runs to prove the module runs as a program.
 ``java_replay``
-    The COCO caption toolkit's Java programs (its PTB tokenizer, its METEOR wrapper) answered from
-    golden files under ``tests/golden/``, recorded from the real jars; tests marked ``java``
-    still run the jars. ``BOOK_RECORD_GOLDEN=1`` records the golden files again (needs Java).
+    The COCO caption toolkit's Java programs (its PTB tokenizer, its METEOR wrapper, the METEOR
+    jar's protocol) answered from golden files under ``tests/golden/``, recorded from the real
+    jars; tests marked ``java`` still run the jars (skipped without Java here).
+    ``BOOK_RECORD_GOLDEN=1`` records the golden files again (needs Java).
+``pytest_xdist_make_scheduler``
+    How ``make test`` shares the work between two pytest-xdist workers.
 
 ``BOOK_TESTS_EAGER=1`` runs every ``tf.function`` eagerly (``make mutation`` sets it): the same
 Python code runs, without tracing a graph per test, several times faster for small tensors.

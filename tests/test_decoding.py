@@ -396,6 +396,39 @@ def test_captioner_beam_of_three_never_scores_below_greedy(captioner_and_images)
     assert (attention.sum(-1)[~real_steps] == 0).all() and (~real_steps).any()
 
 
+def test_captioner_decoding_defaults(captioner_and_images):
+    """No length penalty unless asked; one sample at temperature 1 from all words, seed 0."""
+    model, images = captioner_and_images
+    beam = decoding.decode_images(model, images, max_length=7, beam_size=3)
+    np.testing.assert_array_equal(beam.scores, beam.log_probs)
+    drawn = decoding.decode_images(model, images, max_length=7, method="sample")
+    explicit = decoding.decode_images(model, images, max_length=7, method="sample", num_samples=1,
+                                      temperature=1.0, top_k=0, seed=0)
+    assert drawn.sequences.shape == (6, 1, 7)
+    np.testing.assert_array_equal(drawn.sequences, explicit.sequences)
+    greedy = decoding.decode_images(model, images, max_length=7)
+    assert not np.array_equal(drawn.sequences, greedy.sequences)  # a draw, not the argmax
+
+
+def test_captioner_decodes_under_mixed_precision():
+    """float16 regions (the gpu profile's policy): the attention the search carries and returns
+    stays float32, as the decoder's weights are."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = Captioner(vocab_size=12, filters=(8, 8, 16), embed_dim=8, units=16,
+                          attention_units=8, jit_decoder=False)
+        images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+        model((images[:1], np.full((1, 3), model.start_id, np.int32)))
+        assert model.encoder(images).dtype == tf.float16
+        result = decoding.decode_images(model, images, max_length=5, beam_size=2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert result.attention.dtype == tf.float32 and result.attention.shape == (2, 2, 5, 64)
+    real_steps = np.arange(5) < result.lengths.numpy()[..., None]
+    np.testing.assert_allclose(result.attention.numpy().sum(-1)[real_steps], 1.0, rtol=1e-3)
+
+
 def test_captioner_sampling_is_seeded(captioner_and_images):
     model, images = captioner_and_images
     draws = [decoding.decode_images(model, images, max_length=7, method="sample",
