@@ -14,7 +14,7 @@ BOOK_PROFILE ?= auto
 # Executing one chapter may take this long before it is stopped (seconds).
 CHAPTER_TIMEOUT ?= 3600
 
-.PHONY: venv dev-deps system-deps test unit notebooks book execute site sync clean bench mutation
+.PHONY: venv system-deps test unit notebooks book execute site sync clean bench mutation
 
 # The virtual environment is rebuilt when the pins change.
 $(STAMP): requirements.txt pyproject.toml
@@ -23,14 +23,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt -e .
 	@touch $(STAMP)
 
-venv: $(STAMP)
-
 # Tools for testing the book (requirements-dev.txt: pytest-xdist, mutmut), on top of the pins.
 $(DEV_STAMP): $(STAMP) requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $(DEV_STAMP)
 
-dev-deps: $(DEV_STAMP)
+# Everything `make test` needs; `make book` needs only the pins ($(STAMP)).
+venv: $(DEV_STAMP)
 
 # Programs from Debian that the tests and the site need: npm fetches the offline MathJax, Java
 # runs the METEOR jar and the PTB tokenizer of the COCO caption toolkit, headless Chromium opens
