@@ -440,8 +440,10 @@ def test_meteor_refuses_answers_that_are_not_scores(monkeypatch):
 
     monkeypatch.setattr(metrics, "_find_java", lambda: "java")
     monkeypatch.setattr(metrics, "_JavaLineServer", Confused)
-    with pytest.raises(metrics.MetricUnavailableError, match="not a score: \\['not a number'"):
-        metrics.meteor(["a dog"], [["a dog"]])
+    with pytest.raises(metrics.MetricUnavailableError) as raised:
+        metrics.meteor(["a dog"] * 3, [["a dog"]] * 3)  # four answers, three quoted
+    assert str(raised.value) == ("METEOR answered something that is not a score: "
+                                 "['not a number', 'not a number', 'not a number']")
 
 
 # --- the Java line server, on stand-in programs ------------------------------------------------
@@ -582,9 +584,21 @@ def test_spice_failures_are_reported(tmp_path, monkeypatch, spice_ready):
 def test_without_java_the_other_metrics_come_with_a_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no java on it
     references, candidates = {0: ["a red circle"], 1: ["two squares"]}, {0: "a circle", 1: "a"}
-    with pytest.warns(metrics.MetricUnavailableWarning, match="apt-get install default-jre-headl"):
+    with pytest.warns(metrics.MetricUnavailableWarning,
+                      match="^METEOR left out: METEOR runs on Java, which is not installed here: "
+                            "install Java with `apt-get install default-jre-headless`"):
         scores = evaluate_captions(references, candidates)
     assert list(scores) == list(TOOLKIT_METRICS)
+
+
+def test_a_missing_meteor_jar_is_named(monkeypatch, tmp_path):
+    monkeypatch.setattr(metrics, "_find_java", lambda: "java")
+    monkeypatch.setattr(metrics, "_toolkit_file", lambda *parts: tmp_path.joinpath(*parts))
+    missing = tmp_path / "meteor" / "meteor-1.5.jar"
+    with pytest.raises(metrics.MetricUnavailableError) as raised:
+        metrics.meteor(["a dog"], [["a dog"]])
+    assert str(raised.value) == (f"the METEOR jar is missing ({missing}): "
+                                 "reinstall pycocoevalcap==1.2")
 
 
 def test_a_meteor_that_hangs_is_stopped(monkeypatch, tmp_path):
