@@ -243,6 +243,8 @@ def test_length_penalty_reranks_as_the_gnmt_formula_says():
     np.testing.assert_allclose(penalised.scores[0], [long / (7 / 6), short / 1.0], rtol=1e-6)
     np.testing.assert_allclose(penalised.log_probs[0], [long, short], rtol=1e-6)
     np.testing.assert_array_equal(penalised.lengths[0], [2, 1])
+    whole_number = run_transitions(rows, beam_size=2, max_length=3, alpha=1)  # an int works too
+    np.testing.assert_array_equal(whole_number.scores, penalised.scores)
 
 
 def test_captions_that_never_end_are_returned_at_max_length():

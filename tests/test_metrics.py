@@ -530,17 +530,27 @@ def spice_stand_in(tmp_path, body: str) -> str:
     """An executable "java" that runs ``body`` with ``request`` and ``answer`` bound to the
     paths SPICE is given (``java -Xmx8G -jar spice.jar REQUEST -out ANSWER ...``)."""
     program = tmp_path / "java"
-    program.write_text(f"#!{sys.executable}\nimport json, sys, time\n"
+    program.write_text(f"#!{sys.executable}\nimport json, os, sys, time\n"
                        "request, answer = sys.argv[4], sys.argv[6]\n" + body + "\n")
     program.chmod(0o755)
     return str(program)
 
 
 @pytest.fixture
-def spice_ready(monkeypatch):
-    """SPICE as if Stanford CoreNLP were installed (no download is tried)."""
-    pytest.importorskip("pycocoevalcap")
-    monkeypatch.setattr(metrics, "SPICE_CORENLP_JARS", ())
+def spice_ready(monkeypatch, tmp_path):
+    """SPICE in a toolkit folder of its own (``toolkit/spice/spice-1.0.jar``) where the Stanford
+    CoreNLP jars are in place, so no download is tried."""
+    lib = tmp_path / "toolkit" / "spice" / "lib"
+    lib.mkdir(parents=True)
+    for name in metrics.SPICE_CORENLP_JARS:
+        (lib / name).write_bytes(b"")
+
+    def no_download(folder):
+        raise AssertionError(f"tried to download CoreNLP into {folder}")
+
+    monkeypatch.setattr(metrics, "_toolkit_file", lambda *parts: tmp_path.joinpath("toolkit", *parts))
+    monkeypatch.setattr(metrics, "_download_corenlp", no_download)
+    return lib
 
 
 def test_spice_reads_the_jars_scores_per_image(tmp_path, monkeypatch, spice_ready):
@@ -550,7 +560,9 @@ def test_spice_reads_the_jars_scores_per_image(tmp_path, monkeypatch, spice_read
         "assert [i['image_id'] for i in items] == [0, 1, 2]\n"
         "assert items[1] == {'image_id': 1, 'test': 'a cat', 'refs': ['a cat', 'one cat']}\n"
         "assert sys.argv[1:3] == ['-Xmx8G', '-jar'] and sys.argv[5] == '-out'\n"
-        "assert sys.argv[3].endswith('spice-1.0.jar') and sys.argv[7:] == ['-subset', '-silent']\n"
+        "assert sys.argv[3].endswith('toolkit/spice/spice-1.0.jar')\n"
+        "assert sys.argv[7:] == ['-subset', '-silent']\n"
+        "assert os.getcwd().endswith('toolkit/spice')  # the jar finds lib/ beside itself\n"
         "scores = {0: 0.5, 1: None, 2: 0.25}\n"
         "json.dump([{'image_id': i, 'scores': {'All': {'f': scores[i]}}} for i in (2, 1, 0)],"
         " open(answer, 'w'))"))
@@ -559,6 +571,32 @@ def test_spice_reads_the_jars_scores_per_image(tmp_path, monkeypatch, spice_read
                                [["a dog"], ["a cat", "one cat"], ["a bird"]])
     assert each[0] == 0.5 and math.isnan(each[1]) and each[2] == 0.25
     assert math.isnan(mean)  # a missing score makes the mean unknown
+    every = spice_stand_in(tmp_path, (
+        "n = len(json.load(open(request)))\n"
+        "json.dump([{'image_id': i, 'scores': {'All': {'f': 0.25 * (i + 1)}}} for i in range(n)],"
+        " open(answer, 'w'))"))
+    monkeypatch.setattr(metrics, "_find_java", lambda: every)
+    assert metrics.spice(["a", "b", "c"], [["a"], ["b"], ["c"]]) == (0.5, [0.25, 0.5, 0.75])
+
+
+def test_spice_downloads_corenlp_into_its_lib_folder_when_missing(tmp_path, monkeypatch,
+                                                                   spice_ready):
+    (spice_ready / metrics.SPICE_CORENLP_JARS[1]).unlink()
+    folders = []
+
+    def download(folder):
+        folders.append(folder)
+        raise metrics.MetricUnavailableError("offline")
+
+    monkeypatch.setattr(metrics, "_find_java", lambda: "java")
+    monkeypatch.setattr(metrics, "_download_corenlp", download)
+    with pytest.raises(metrics.MetricUnavailableError, match="offline"):
+        metrics.spice(["a dog"], [["a dog"]])
+    assert folders == [spice_ready]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(metrics, "_find_java", lambda: None)
+    with pytest.raises(metrics.MetricUnavailableError, match="^SPICE runs on Java"):
+        metrics.spice(["a dog"], [["a dog"]])
 
 
 def test_spice_failures_are_reported(tmp_path, monkeypatch, spice_ready):
@@ -575,7 +613,8 @@ def test_spice_failures_are_reported(tmp_path, monkeypatch, spice_ready):
     slow = spice_stand_in(tmp_path, "time.sleep(60)")
     monkeypatch.setattr(metrics, "_find_java", lambda: slow)
     monkeypatch.setattr(metrics, "SPICE_SECONDS", 1.0)
-    with pytest.raises(metrics.MetricUnavailableError, match="SPICE took more than 1 s"):
+    with pytest.raises(metrics.MetricUnavailableError,
+                       match="^SPICE took more than 1 s and was stopped$"):
         metrics.spice(["a dog"], [["a dog"]])
 
 

@@ -29,7 +29,7 @@ def test_encode_decode_round_trip_and_truncation_keeps_end():
     short = vocab.encode(["a", "red", "circle"], 4)
     assert short[0] == vocab.start_id and short[-1] == vocab.end_id and len(short) == 4
     assert vocab.decode(short) == "a red"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^length must leave room for <start> and <end>, got 1$"):
         vocab.encode(["a"], 1)
 
 
@@ -91,6 +91,8 @@ def test_tensorflow_standardization_agrees_with_python():
         theirs = tf_standardize(tf.constant(caption)).numpy().decode("utf-8").split()
         assert theirs == ours, caption
     assert standardize(TRICKY[3]) == ["一只猫坐在垫子上"]
+    # one string of words joined by single spaces, like " ".join(standardize(...))
+    assert tf_standardize(tf.constant(" A,  red\t\tcircle! ")).numpy().decode() == "a red circle"
 
 
 def test_text_vectorization_encodes_like_the_vocabulary():
