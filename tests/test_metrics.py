@@ -17,8 +17,8 @@ import time
 import pytest
 
 from utils import metrics
-from utils.metrics import (bleu_counts, bleu_from_counts, cider_d, corpus_bleu, evaluate_captions,
-                           lcs_length, ptb_tokenize, ptb_tokenize_batch, rouge_l)
+from utils.metrics import (bleu, bleu_counts, bleu_from_counts, cider_d, corpus_bleu,
+                           evaluate_captions, lcs_length, ptb_tokenize, ptb_tokenize_batch, rouge_l)
 
 TOOLKIT_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
 
@@ -193,8 +193,20 @@ def test_matches_coco_caption_toolkit_on_random_corpora():
 
 
 def test_candidate_without_reference_is_an_error():
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match=r"^\"candidates without references: \['1'\]\"$"):
         corpus_bleu({0: ["a"]}, {1: "a"})
+    many = {i: "a" for i in range(1, 8)}  # seven without references: five are named
+    with pytest.raises(KeyError, match=r"references: \['1', '2', '3', '4', '5'\]\"$"):
+        corpus_bleu({0: ["a"]}, many)
+    with pytest.raises(ValueError, match="^no candidates to evaluate$"):
+        evaluate_captions({0: ["a"]}, {})
+
+
+def test_bleu_gives_four_orders_unless_told():
+    corpus, per_image = bleu(["a b c".split()], [["a b c".split()]])
+    assert len(corpus) == 4 and [len(scores) for scores in per_image] == [4]
+    corpus, per_image = bleu(["a b c".split()], [["a b c".split()]], max_n=2)
+    assert len(corpus) == 2 and [len(scores) for scores in per_image] == [2]
 
 
 # --- ROUGE-L and CIDEr-D, by hand ----------------------------------------------------------------
@@ -314,6 +326,8 @@ def test_alternatives_are_split_only_at_the_top_level():
     assert split("a|b(c|d)") == ["a", "b(c|d)"]
     assert split("(a|(b|c))|d|") == ["(a|(b|c))", "d", ""]
     assert split(r"a\|b|c") == [r"a\|b", "c"]  # an escaped bar is a character
+    assert split(r"a\||b") == [r"a\|", "b"]  # and only the one character after the backslash
+    assert split("X|Y") == ["X", "Y"]
     assert split("[a|b]|c") == ["[a|b]", "c"]  # so is a bar in a class
     assert split(r"[\]|(]|x") == [r"[\]|(]", "x"]  # and "]" or "(" escaped or in a class
 
@@ -468,11 +482,18 @@ def test_line_server_answers_line_by_line(tmp_path):
 
 def test_line_server_reports_why_the_program_stopped(tmp_path):
     failing = stand_in(tmp_path, "print('starting', file=sys.stderr)\n"
+                                 "print('loading', file=sys.stderr)\n"
                                  "print('Exception: no paraphrase table', file=sys.stderr)\n"
                                  "sys.exit(3)")
     with metrics._JavaLineServer(failing, tmp_path, seconds=60) as server:
         with pytest.raises(metrics.MetricUnavailableError,
                            match=r"^stand-in.jar stopped: Exception: no paraphrase table$"):
+            server.ask(["x"], answers=1)
+    # the only line, from its first byte, even where it is not UTF-8
+    garbled = stand_in(tmp_path, "sys.stderr.buffer.write(b'Error: \\xff here\\n')")
+    with metrics._JavaLineServer(garbled, tmp_path, seconds=60) as server:
+        with pytest.raises(metrics.MetricUnavailableError,
+                           match="^stand-in.jar stopped: Error: \ufffd here$"):
             server.ask(["x"], answers=1)
     silent = stand_in(tmp_path, "sys.exit(0)")
     with metrics._JavaLineServer(silent, tmp_path, seconds=60) as server:
@@ -480,13 +501,21 @@ def test_line_server_reports_why_the_program_stopped(tmp_path):
             server.ask(["x"], answers=1)
 
 
+def test_line_server_runs_the_program_in_the_jars_folder(tmp_path):
+    where = stand_in(tmp_path, "import os\nsys.stdin.readline()\nprint(os.getcwd(), flush=True)")
+    (tmp_path / "jar folder").mkdir()
+    with metrics._JavaLineServer(where, tmp_path / "jar folder", seconds=60) as server:
+        assert server.ask(["where?"], answers=1) == [str(tmp_path / "jar folder")]
+
+
 def test_line_server_stops_a_program_that_does_not_answer_in_time(tmp_path):
     mute = stand_in(tmp_path, "time.sleep(60)")
-    started = time.monotonic()
-    with metrics._JavaLineServer(mute, tmp_path, seconds=0.5) as server:
-        with pytest.raises(metrics.MetricUnavailableError, match="^stand-in.jar gave no answer"):
+    with metrics._JavaLineServer(mute, tmp_path, seconds=0.3) as server:
+        started = time.monotonic()
+        with pytest.raises(metrics.MetricUnavailableError,
+                           match="^stand-in.jar gave no answer in time and was stopped$"):
             server.ask(["x"], answers=1)
-    assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 0.9  # the deadline, not a second more
 
 
 def test_line_server_says_when_java_cannot_start(tmp_path):
@@ -628,6 +657,9 @@ def test_without_java_the_other_metrics_come_with_a_warning(monkeypatch, tmp_pat
                             "install Java with `apt-get install default-jre-headless`"):
         scores = evaluate_captions(references, candidates)
     assert list(scores) == list(TOOLKIT_METRICS)
+    with pytest.warns(metrics.MetricUnavailableWarning) as caught:
+        evaluate_captions(references, candidates, ["METEOR"])
+    assert caught[0].filename == __file__  # the warning names the caller's line
 
 
 def test_a_missing_meteor_jar_is_named(monkeypatch, tmp_path):
@@ -725,7 +757,8 @@ def test_metric_selection_and_per_image_layout():
     assert scores["CIDEr"] == pytest.approx(sum(scores["per_image"]["CIDEr"].values()) / 2)
     only_x = evaluate_captions(references, {"x": "a red circle"}, "Bleu")
     assert list(only_x) == ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]
-    with pytest.raises(ValueError, match="unknown metric"):
+    with pytest.raises(ValueError, match=r"^unknown metric 'BLEU-4'; choose from Bleu, Bleu_1, "
+                                         r"Bleu_2, Bleu_3, Bleu_4, METEOR, ROUGE_L, CIDEr, SPICE$"):
         evaluate_captions(references, {"x": "a"}, ["BLEU-4"])
     with pytest.raises(ValueError, match="reference"):
         evaluate_captions({"x": []}, {"x": "a"}, ["CIDEr"])
