@@ -53,7 +53,8 @@ TEST_WORKERS ?= 2
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadscope
 
 test: $(DEV_STAMP) system-deps
-	BOOK_PROFILE=smoke $(PY) -m pytest $(PYTEST_PARALLEL) tests chapters --nbval-lax -p no:cacheprovider
+	BOOK_PROFILE=smoke $(PY) -m pytest $(PYTEST_PARALLEL) tests chapters --nbval-lax -p no:cacheprovider \
+	  --durations=25
 
 # Unit tests only (fast), and the notebooks only.
 unit: $(DEV_STAMP)

@@ -74,7 +74,17 @@ def time_command(clone: pathlib.Path, command: str) -> dict:
                     if re.search(r"\d+ (passed|failed)", line)), None)
     return {"command": f"make {command}", "seconds": round(seconds, 1), "exit_status":
             done.returncode, "pytest_summary": summary, "load_average_start": load_start,
-            "load_average_end": os.getloadavg(), "last_lines": output[-5:]}
+            "load_average_end": os.getloadavg(), "slowest": slowest(output),
+            "last_lines": output[-5:]}
+
+
+def slowest(output: list[str], count: int = 10) -> list[str]:
+    """The first lines of pytest's ``--durations`` table: ``"12.34s call tests/...::test"``."""
+    starts = [i for i, line in enumerate(output) if "slowest" in line and "durations" in line]
+    if not starts:
+        return []
+    rows = output[starts[-1] + 1:]
+    return [" ".join(row.split()) for row in rows[:count] if re.match(r"\d+\.\d+s ", row)]
 
 
 def commit(clone: pathlib.Path) -> str:
