@@ -135,12 +135,15 @@ def update_readme() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("commands", nargs="*", choices=COMMANDS, help="make targets to time")
+    parser.add_argument("commands", nargs="*", metavar="{test,book}", help="make targets to time")
     parser.add_argument("--update-readme", action="store_true",
                         help="write the stored times into README.md")
     parser.add_argument("--workdir", type=pathlib.Path,
                         help="keep the clone (and its .venv/) here for the next timing")
     args = parser.parse_args(argv)
+    unknown = set(args.commands) - set(COMMANDS)
+    if unknown:
+        parser.error(f"unknown commands {sorted(unknown)}; choose from {', '.join(COMMANDS)}")
     if args.commands:
         measure(args.commands, args.workdir)
     if args.update_readme:
