@@ -24,6 +24,7 @@ from benchmarks.reference import ReferenceCaptioner, pad_to  # noqa: E402
 from utils.decoding import decode_images  # noqa: E402
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_a_json_list_of_valid_records(tmp_path):
     out = tmp_path / "smoke.json"
     subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)], cwd=ROOT,
@@ -118,3 +119,21 @@ def test_stored_results_are_valid_and_the_readme_table_is_generated_from_them():
     readme = runner.README.read_text()
     assert readme == suite.readme_with_table(readme, suite.render_table(stored)), (
         "benchmarks/README.md is out of date: run `python -m benchmarks --update-readme`")
+
+
+def test_the_readme_quotes_the_measured_times_of_its_commands():
+    """benchmarks/commands.py times `make test` / `make book` from a fresh clone; the README's
+    figures are the stored ones (`python -m benchmarks.commands --update-readme`)."""
+    from benchmarks import commands
+
+    assert commands.duration(340.4) == "5 min 40 s" and commands.duration(59.6) == "1 min 0 s"
+    stored = sorted(commands.RESULTS.glob("commands-*.json"))
+    if not stored:  # the commit being timed cannot hold its own timing
+        pytest.skip("no commands-*.json stored yet")
+    readme = commands.README.read_text()
+    for path in stored:
+        record = json.loads(path.read_text())
+        command = record["command"].removeprefix("make ")
+        assert record["exit_status"] == 0 and record["machine"]["cpus"] >= 1
+        assert commands.readme_phrase(command, record) in readme, (
+            f"README.md does not quote {path.name}: python -m benchmarks.commands --update-readme")

@@ -153,6 +153,7 @@ def test_every_reference_is_in_the_bibliography_and_cited():
     assert expected <= cited, f"not cited in book/intro.md: {sorted(expected - cited)}"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("BOOK_SKIP_SITE") == "1", reason="BOOK_SKIP_SITE=1")
 def test_site_builds_with_local_mathjax():
     if shutil.which("npm") is None and not LOCAL_MATHJAX.exists():

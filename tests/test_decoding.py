@@ -243,6 +243,8 @@ def test_length_penalty_reranks_as_the_gnmt_formula_says():
     np.testing.assert_allclose(penalised.scores[0], [long / (7 / 6), short / 1.0], rtol=1e-6)
     np.testing.assert_allclose(penalised.log_probs[0], [long, short], rtol=1e-6)
     np.testing.assert_array_equal(penalised.lengths[0], [2, 1])
+    whole_number = run_transitions(rows, beam_size=2, max_length=3, alpha=1)  # an int works too
+    np.testing.assert_array_equal(whole_number.scores, penalised.scores)
 
 
 def test_captions_that_never_end_are_returned_at_max_length():
@@ -325,6 +327,17 @@ def test_seeded_sampling_repeats_and_other_seeds_differ():
             assert float(log_prob) == pytest.approx(expected, rel=1e-5)
 
 
+def test_sampling_defaults_are_one_sample_at_temperature_one_with_seed_zero():
+    table, codes = random_table(9), [1, 2]
+    default = run_prefix_sample(table, codes, 6)
+    explicit = run_prefix_sample(table, codes, 6, num_samples=1, temperature=1.0, top_k=0, seed=0)
+    assert default.sequences.shape == (2, 1, 6)
+    np.testing.assert_array_equal(default.sequences, explicit.sequences)
+    many = run_prefix_sample(table, codes, 6, num_samples=64, temperature=1.0, seed=0)
+    hotter = run_prefix_sample(table, codes, 6, num_samples=64, temperature=2.0, seed=0)
+    assert not np.array_equal(many.sequences, hotter.sequences)  # the temperature matters
+
+
 @pytest.mark.parametrize("temperature, top_k", [(0.5, 0), (1.0, 0), (2.0, 0), (1.0, 2)])
 def test_one_step_sample_frequencies_follow_the_tempered_distribution(temperature, top_k):
     log_probs = np.log([1e-12, 1e-12, 0.1, 0.6, 0.3])  # <end>, A, B
@@ -385,6 +398,39 @@ def test_captioner_beam_of_three_never_scores_below_greedy(captioner_and_images)
     assert (attention.sum(-1)[~real_steps] == 0).all() and (~real_steps).any()
 
 
+def test_captioner_decoding_defaults(captioner_and_images):
+    """No length penalty unless asked; one sample at temperature 1 from all words, seed 0."""
+    model, images = captioner_and_images
+    beam = decoding.decode_images(model, images, max_length=7, beam_size=3)
+    np.testing.assert_array_equal(beam.scores, beam.log_probs)
+    drawn = decoding.decode_images(model, images, max_length=7, method="sample")
+    explicit = decoding.decode_images(model, images, max_length=7, method="sample", num_samples=1,
+                                      temperature=1.0, top_k=0, seed=0)
+    assert drawn.sequences.shape == (6, 1, 7)
+    np.testing.assert_array_equal(drawn.sequences, explicit.sequences)
+    greedy = decoding.decode_images(model, images, max_length=7)
+    assert not np.array_equal(drawn.sequences, greedy.sequences)  # a draw, not the argmax
+
+
+def test_captioner_decodes_under_mixed_precision():
+    """float16 regions (the gpu profile's policy): the attention the search carries and returns
+    stays float32, as the decoder's weights are."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = build_captioner(12, filters=(8, 8, 16), embed_dim=8, units=16,
+                          attention_units=8, jit_decoder=False)
+        images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+        model((images[:1], np.full((1, 3), model.start_id, np.int32)))
+        assert model.encoder(images).dtype == tf.float16
+        result = decoding.decode_images(model, images, max_length=5, beam_size=2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert result.attention.dtype == tf.float32 and result.attention.shape == (2, 2, 5, 64)
+    real_steps = np.arange(5) < result.lengths.numpy()[..., None]
+    np.testing.assert_allclose(result.attention.numpy().sum(-1)[real_steps], 1.0, rtol=1e-3)
+
+
 def test_captioner_sampling_is_seeded(captioner_and_images):
     model, images = captioner_and_images
     draws = [decoding.decode_images(model, images, max_length=7, method="sample",
@@ -393,3 +439,43 @@ def test_captioner_sampling_is_seeded(captioner_and_images):
     assert draws[0].attention.shape == (6, 4, 7, 64)
     with pytest.raises(ValueError, match="method"):
         decoding.decode_images(model, images, max_length=7, method="nucleus")
+
+
+# --- settings that cannot work are refused -------------------------------------------------------
+
+
+def test_sizes_that_cannot_shape_a_graph_are_refused():
+    step, state = transition_step_fn([[0, 0, 1, 0, 0]] * VOCAB), (tf.zeros([1, 3]),)
+    search = dict(start_id=START, end_id=END, beam_size=2, max_length=3)
+    for batch_size in (0, -1, None, tf.constant(1)):
+        with pytest.raises(ValueError, match=r"^batch_size must be a positive Python int \(static\)"):
+            decoding.beam_search(step, state, batch_size=batch_size, **search)
+    for width, length in ((0, 3), (2, 0)):
+        with pytest.raises(ValueError, match=f"^beam_size/num_samples and max_length must be >= 1, "
+                                             f"got {width} and {length}$"):
+            decoding.beam_search(step, state, batch_size=1, start_id=START, end_id=END,
+                                 beam_size=width, max_length=length)
+    with pytest.raises(ValueError, match="got 0 and 3"):
+        decoding.sample(step, state, batch_size=1, start_id=START, end_id=END, max_length=3,
+                        num_samples=0)
+    # the smallest search that can run: one image, one beam, one word
+    result = decoding.beam_search(step, state, batch_size=1, start_id=START, end_id=END,
+                                  beam_size=1, max_length=1)
+    np.testing.assert_array_equal(result.sequences, [[[END]]])
+
+
+@pytest.mark.parametrize("temperature, top_k", [(-0.5, 0), (1.0, -1)])
+def test_negative_temperature_or_top_k_is_refused(temperature, top_k):
+    with pytest.raises(ValueError, match=f"^temperature and top_k must be >= 0, got {temperature} "
+                                         f"and {top_k}$"):
+        decoding.sample(transition_step_fn([[0, 0, 1, 0, 0]] * VOCAB), (tf.zeros([1, 3]),),
+                        batch_size=1, start_id=START, end_id=END, max_length=2,
+                        temperature=temperature, top_k=top_k)
+
+
+def test_gnmt_length_penalty_values():
+    lengths = tf.constant([1, 7, 13])
+    np.testing.assert_allclose(decoding.gnmt_length_penalty(lengths, 0.0), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(decoding.gnmt_length_penalty(lengths, 1.0), [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(decoding.gnmt_length_penalty(lengths, 0.5),
+                               np.sqrt([1.0, 2.0, 3.0]), rtol=1e-6)

@@ -1,23 +1,25 @@
 """utils.metrics: hand-computed anchors for the book, and equality with the COCO caption toolkit.
 
-Tests marked ``needs_java`` run pycocoevalcap's Java programs (its PTBTokenizer, METEOR) as the
-reference; without Java they are skipped and the rest still run.
+The toolkit's Java programs (its PTBTokenizer, its METEOR wrapper) are the reference. Most tests
+read their answers from golden files recorded from the real jars (``tests/golden/``, the
+``java_replay`` fixture of conftest.py; ``BOOK_RECORD_GOLDEN=1`` records them again); tests
+marked ``java`` run the jars themselves and are skipped without Java.
 """
 import math
 import os
 import random
-import shutil
+import re
+import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
 from utils import metrics
-from utils.metrics import (bleu_counts, bleu_from_counts, cider_d, corpus_bleu, evaluate_captions,
-                           lcs_length, ptb_tokenize, ptb_tokenize_batch, rouge_l)
+from utils.metrics import (bleu, bleu_counts, bleu_from_counts, cider_d, corpus_bleu,
+                           evaluate_captions, lcs_length, ptb_tokenize, ptb_tokenize_batch, rouge_l)
 
-needs_java = pytest.mark.skipif(shutil.which("java") is None,
-                                reason="needs Java: apt-get install default-jre-headless")
 TOOLKIT_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
 
 # --- caption-like text, with what makes tokenisation hard ---------------------------------------
@@ -89,36 +91,58 @@ def corpus(seed: int, images: int) -> tuple[dict, dict]:
 
 # --- the toolkit, for comparison -----------------------------------------------------------------
 
-def toolkit_tokenize(captions: list[str]) -> list[str]:
+def java_tokenize(captions: list[str]) -> list[str]:
+    """The toolkit's PTBTokenizer (Java) on a batch of captions, one line per caption: it
+    tokenises them as one file, so a caption's last token may depend on the next one."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     lines = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(captions)})
     return [lines[i][0] for i in range(len(captions))]
 
 
-def toolkit_inputs(references: dict, candidates: dict) -> tuple[dict, dict]:
-    """References and candidates tokenised by the toolkit, in the order evaluate_captions uses."""
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+@pytest.fixture
+def toolkit_tokenize(java_replay):
+    """:func:`java_tokenize`, answered from tests/golden/ptb_tokenizer.json."""
+    pytest.importorskip("pycocoevalcap")
+    golden = java_replay("ptb_tokenizer")
+    return lambda captions: golden.call(list(captions), java_tokenize)
 
-    tokenizer = PTBTokenizer()
-    gts = tokenizer.tokenize({i: [{"caption": r} for r in references[i]] for i in candidates})
-    res = tokenizer.tokenize({i: [{"caption": candidates[i]}] for i in candidates})
+
+def toolkit_inputs(references: dict, candidates: dict, tokenize) -> tuple[dict, dict]:
+    """References and candidates tokenised as the toolkit does (each dict as one file), in the
+    order evaluate_captions uses: ``{image: [tokenised reference, ...]}``, ``{image: [one]}``."""
+    images = list(candidates)
+    flat = iter(tokenize([r for i in images for r in references[i]]))
+    gts = {i: [next(flat) for _ in references[i]] for i in images}
+    res = dict(zip(images, ([line] for line in tokenize([candidates[i] for i in images]))))
     return gts, res
 
 
-def toolkit_scores(references: dict, candidates: dict) -> dict:
+def toolkit_scores(references: dict, candidates: dict, tokenize) -> dict:
     """{metric: (corpus score, [per-image scores])} from pycocoevalcap with its PTBTokenizer."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    gts, res = toolkit_inputs(references, candidates)
+    gts, res = toolkit_inputs(references, candidates, tokenize)
     bleu_scores, bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
     scores = {f"Bleu_{n + 1}": (bleu_scores[n], bleu_each[n]) for n in range(4)}
     for name, scorer in (("ROUGE_L", Rouge()), ("CIDEr", Cider())):
         value, each = scorer.compute_score(gts, res)
         scores[name] = (value, list(each))
     return scores
+
+
+def java_meteor(inputs: dict) -> list:
+    """The toolkit's own METEOR wrapper on ``{"gts": ..., "res": ...}``: [corpus, per-image]."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    scorer = Meteor()
+    try:
+        value, each = scorer.compute_score(inputs["gts"], inputs["res"])
+    finally:
+        scorer.meteor_p.kill()  # its wrapper only stops Java when garbage-collected
+    return [value, list(each)]
 
 
 def assert_same_scores(ours: dict, theirs: dict, images: list) -> None:
@@ -138,6 +162,7 @@ def test_perfect_match_scores_one():
 def test_hand_computed_bleu():
     # candidate "a red circle": unigram 3/3, bigram 2/2; reference length 5 -> BP = e^(1-5/3)
     scores = corpus_bleu({0: ["a red circle and square"]}, {0: "a red circle"}, max_n=2)
+    assert len(scores) == 2
     penalty = math.exp(1 - 5 / 3)
     assert scores[0] == pytest.approx(penalty, rel=1e-6)
     assert scores[1] == pytest.approx(penalty, rel=1e-6)
@@ -168,8 +193,20 @@ def test_matches_coco_caption_toolkit_on_random_corpora():
 
 
 def test_candidate_without_reference_is_an_error():
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match=r"^\"candidates without references: \['1'\]\"$"):
         corpus_bleu({0: ["a"]}, {1: "a"})
+    many = {i: "a" for i in range(1, 8)}  # seven without references: five are named
+    with pytest.raises(KeyError, match=r"references: \['1', '2', '3', '4', '5'\]\"$"):
+        corpus_bleu({0: ["a"]}, many)
+    with pytest.raises(ValueError, match="^no candidates to evaluate$"):
+        evaluate_captions({0: ["a"]}, {})
+
+
+def test_bleu_gives_four_orders_unless_told():
+    corpus, per_image = bleu(["a b c".split()], [["a b c".split()]])
+    assert len(corpus) == 4 and [len(scores) for scores in per_image] == [4]
+    corpus, per_image = bleu(["a b c".split()], [["a b c".split()]], max_n=2)
+    assert len(corpus) == 2 and [len(scores) for scores in per_image] == [2]
 
 
 # --- ROUGE-L and CIDEr-D, by hand ----------------------------------------------------------------
@@ -190,6 +227,13 @@ def test_rouge_l_by_hand():
     score = rouge_l("the cat on the mat".split(), ["the cat sat on the mat".split()])
     assert score == pytest.approx(expected)
     assert rouge_l("a b".split(), ["c d".split()]) == 0.0
+
+
+def test_rouge_l_with_empty_captions():
+    assert rouge_l([], ["a b".split()]) == 0.0  # nothing said: no precision, no recall
+    # an empty reference recalls nothing; the other reference decides: P = 1/2, R = 1/4
+    expected = (1 + 1.2**2) * 0.5 * 0.25 / (0.25 + 1.2**2 * 0.5)
+    assert rouge_l("a b".split(), [[], "a c d e".split()]) == pytest.approx(expected)
 
 
 def test_rouge_l_takes_best_precision_and_recall_separately():
@@ -250,33 +294,79 @@ def test_a_caption_can_depend_on_the_next_one_as_in_the_toolkit():
     assert lines == [["the", "letter", "b"], ["a", "dog"], ["the", "letter", "b."], ["a", "dog"]]
 
 
-@needs_java
-def test_ptb_tokenize_matches_the_java_tokenizer():
-    pytest.importorskip("pycocoevalcap")
+def tokenizer_corpus() -> list[str]:
+    """Thousands of strings that make tokenisation hard: the tricky list, caption-like text and
+    random characters (seeded, so the golden file's key stays the same)."""
     rng = random.Random(1)
     alphabet = list("aeinostAETSxyzdm0159 .,'\"-()!?;:&/$%#@*_`[]{}<>+=") + [
         "’", "“", "”", "—", "…", "é", "½", "\u00ad", "\u0301"]
     noise = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 25))) for _ in range(1500)]
-    texts = TRICKY + [caption(rng) for _ in range(4000)] + noise
+    return TRICKY + [caption(rng) for _ in range(4000)] + noise
+
+
+def test_ptb_tokenize_matches_the_java_tokenizer(toolkit_tokenize):
+    texts = tokenizer_corpus()
     ours = [" ".join(tokens) for tokens in ptb_tokenize_batch(texts)]
     theirs = toolkit_tokenize(texts)
     assert [(text, o, t) for text, o, t in zip(texts, ours, theirs) if o != t] == []
 
 
+@pytest.mark.java
+def test_ptb_tokenize_matches_the_running_java_tokenizer():
+    """The golden answers come from this jar; a few hundred strings are checked against it live."""
+    pytest.importorskip("pycocoevalcap")
+    texts = TRICKY + tokenizer_corpus()[-300:]
+    ours = [" ".join(tokens) for tokens in ptb_tokenize_batch(texts)]
+    assert ours == java_tokenize(texts)
+
+
+def test_alternatives_are_split_only_at_the_top_level():
+    split = metrics._top_level_alternatives
+    assert split("abc") == ["abc"]
+    assert split("a|b(c|d)") == ["a", "b(c|d)"]
+    assert split("(a|(b|c))|d|") == ["(a|(b|c))", "d", ""]
+    assert split(r"a\|b|c") == [r"a\|b", "c"]  # an escaped bar is a character
+    assert split(r"a\||b") == [r"a\|", "b"]  # and only the one character after the backslash
+    assert split("X|Y") == ["X", "Y"]
+    assert split("[a|b]|c") == ["[a|b]", "c"]  # so is a bar in a class
+    assert split(r"[\]|(]|x") == [r"[\]|(]", "x"]  # and "]" or "(" escaped or in a class
+
+
+def test_character_classes_stay_case_sensitive():
+    wrap = metrics._case_sensitive_classes
+    assert wrap("a[bc]d") == "a(?-i:[bc])d"
+    assert wrap(r"\[x[y]") == r"\[x(?-i:[y])"
+    assert wrap(r"[\]a]b[c]") == r"(?-i:[\]a])b(?-i:[c])"
+    assert wrap("abc") == "abc"
+
+
+def test_rules_compiled_now_tokenise_like_the_java_tokenizer(monkeypatch, toolkit_tokenize):
+    """The lexer's rules are compiled when the module loads; compiled again here, they still give
+    the Java tokenizer's answers, one rule per top-level alternative, in the lexer's order."""
+    rules = metrics._compile_rules()
+    assert len(rules) == sum(len(metrics._top_level_alternatives(pattern))
+                             for _, pattern, _, _ in metrics._RULES)
+    assert [rule.name for rule in rules][:3] == ["programming language", "programming language",
+                                                 "cannot, 'twas"]
+    assert rules[0].regex.pattern.startswith("(?P<token>c\\+\\+)")
+    assert rules[0].regex.flags & re.IGNORECASE
+    monkeypatch.setattr(metrics, "_LEXER_RULES", rules)
+    texts = tokenizer_corpus()
+    ours = [" ".join(tokens) for tokens in ptb_tokenize_batch(texts)]
+    assert ours == toolkit_tokenize(texts)
+
+
 # --- everything against the toolkit ------------------------------------------------------------
 
-@needs_java
 @pytest.mark.parametrize("seed, images", [(0, 1), (1, 2), (2, 7), (3, 30), (4, 60), (5, 150)])
-def test_scores_equal_the_toolkit_on_generated_corpora(seed, images):
-    pytest.importorskip("pycocoevalcap")
+def test_scores_equal_the_toolkit_on_generated_corpora(toolkit_tokenize, seed, images):
     references, candidates = corpus(seed, images)
     ours = evaluate_captions(references, candidates, TOOLKIT_METRICS, per_image=True)
-    assert_same_scores(ours, toolkit_scores(references, candidates), list(candidates))
+    theirs = toolkit_scores(references, candidates, toolkit_tokenize)
+    assert_same_scores(ours, theirs, list(candidates))
 
 
-@needs_java
-def test_scores_equal_the_toolkit_on_edge_cases():
-    pytest.importorskip("pycocoevalcap")
+def test_scores_equal_the_toolkit_on_edge_cases(toolkit_tokenize):
     references = {
         "empty": ["", "."],  # captions that tokenise to nothing
         "one word": ["dog", "a dog"],
@@ -289,23 +379,272 @@ def test_scores_equal_the_toolkit_on_edge_cases():
                   "fraction": "5 1/2 year", "many": "a man riding a horse",
                   "letter": "the letter b."}
     ours = evaluate_captions(references, candidates, TOOLKIT_METRICS, per_image=True)
-    assert_same_scores(ours, toolkit_scores(references, candidates), list(candidates))
+    theirs = toolkit_scores(references, candidates, toolkit_tokenize)
+    assert_same_scores(ours, theirs, list(candidates))
 
 
-@needs_java
-def test_meteor_equals_the_toolkits_meteor():
-    meteor = pytest.importorskip("pycocoevalcap.meteor.meteor")
+def meteor_corpus() -> tuple[dict, dict]:
+    """Generated captions plus accents and METEOR's field separator "|||" inside captions."""
     references, candidates = corpus(4, 40)
     references["accents"], candidates["accents"] = ["un café noir", "a black coffee"], "café noir"
     references["bars"], candidates["bars"] = ["a | b ||| c"], "a ||| b"
+    return references, candidates
+
+
+@pytest.mark.java
+@pytest.mark.slow
+def test_meteor_equals_the_toolkits_meteor(toolkit_tokenize, java_replay):
+    """Our METEOR runs the jar here; the toolkit's wrapper's answer for the same captions is the
+    one recorded in tests/golden/toolkit_meteor.json."""
+    references, candidates = meteor_corpus()
     ours = evaluate_captions(references, candidates, ["METEOR"], per_image=True)
-    scorer = meteor.Meteor()
-    try:
-        theirs, each = scorer.compute_score(*toolkit_inputs(references, candidates))
-    finally:
-        scorer.meteor_p.kill()  # its wrapper only stops Java when garbage-collected
+    gts, res = toolkit_inputs(references, candidates, toolkit_tokenize)
+    theirs, each = java_replay("toolkit_meteor").call({"gts": gts, "res": res}, java_meteor)
     assert ours["METEOR"] == pytest.approx(theirs, abs=1e-9)
     assert [ours["per_image"]["METEOR"][i] for i in candidates] == pytest.approx(each, abs=1e-9)
+
+
+class ReplayedJar:
+    """Stands in for ``metrics._JavaLineServer``: every ``ask`` is answered with what the METEOR
+    jar answered to the same lines (tests/golden/meteor_jar.json); when recording, the jar runs."""
+
+    golden = None  # the GoldenCalls of the jar, set by the test
+
+    def __init__(self, command, cwd, seconds):
+        self.start = (command, cwd, seconds)
+        self.jar = None
+
+    def ask(self, lines, answers):
+        return self.golden.call({"lines": lines, "answers": answers}, self._ask_the_jar)
+
+    def _ask_the_jar(self, request):
+        if self.jar is None:
+            self.jar = REAL_LINE_SERVER(*self.start).__enter__()
+        return self.jar.ask(request["lines"], request["answers"])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        if self.jar is not None:
+            self.jar.__exit__(*exception)
+
+
+REAL_LINE_SERVER = metrics._JavaLineServer
+
+
+def test_meteor_speaks_the_jars_protocol(monkeypatch, java_replay, toolkit_tokenize):
+    """Our METEOR's requests and its reading of the answers, against the jar's recorded answers
+    (no Java needed): the scores are the toolkit's."""
+    monkeypatch.setattr(metrics, "_find_java", lambda: "java")
+    monkeypatch.setattr(ReplayedJar, "golden", java_replay("meteor_jar"))
+    monkeypatch.setattr(metrics, "_JavaLineServer", ReplayedJar)
+    references, candidates = meteor_corpus()
+    ours = evaluate_captions(references, candidates, ["METEOR"], per_image=True)
+    gts, res = toolkit_inputs(references, candidates, toolkit_tokenize)
+    theirs, each = java_replay("toolkit_meteor").call({"gts": gts, "res": res}, java_meteor)
+    assert ours["METEOR"] == pytest.approx(theirs, abs=1e-9)
+    assert [ours["per_image"]["METEOR"][i] for i in candidates] == pytest.approx(each, abs=1e-9)
+
+
+def test_meteor_refuses_answers_that_are_not_scores(monkeypatch):
+    class Confused(ReplayedJar):
+        def ask(self, lines, answers):
+            return ["not a number"] * answers
+
+    monkeypatch.setattr(metrics, "_find_java", lambda: "java")
+    monkeypatch.setattr(metrics, "_JavaLineServer", Confused)
+    with pytest.raises(metrics.MetricUnavailableError) as raised:
+        metrics.meteor(["a dog"] * 3, [["a dog"]] * 3)  # four answers, three quoted
+    assert str(raised.value) == ("METEOR answered something that is not a score: "
+                                 "['not a number', 'not a number', 'not a number']")
+
+
+# --- the Java line server, on stand-in programs ------------------------------------------------
+
+
+def stand_in(tmp_path, body: str) -> list[str]:
+    """A command that runs ``body`` as a Python program and names "stand-in.jar" as its jar."""
+    program = tmp_path / "program.py"
+    program.write_text(f"import sys, time\n{body}\n")
+    return [sys.executable, str(program), "-jar", str(tmp_path / "stand-in.jar")]
+
+
+def test_line_server_answers_line_by_line(tmp_path):
+    echo = stand_in(tmp_path, "for line in sys.stdin:\n"
+                              "    print('  got ' + line.strip() + '  ', flush=True)")
+    with metrics._JavaLineServer(echo, tmp_path, seconds=60) as server:
+        assert server.ask(["a b", "c"], answers=2) == ["got a b", "got c"]
+        assert server.ask(["ü"], answers=1) == ["got ü"]
+        process = server._process
+    assert process.poll() is not None  # killed on leaving the block
+
+
+def test_line_server_reports_why_the_program_stopped(tmp_path):
+    failing = stand_in(tmp_path, "print('starting', file=sys.stderr)\n"
+                                 "print('loading', file=sys.stderr)\n"
+                                 "print('Exception: no paraphrase table', file=sys.stderr)\n"
+                                 "sys.exit(3)")
+    with metrics._JavaLineServer(failing, tmp_path, seconds=60) as server:
+        with pytest.raises(metrics.MetricUnavailableError,
+                           match=r"^stand-in.jar stopped: Exception: no paraphrase table$"):
+            server.ask(["x"], answers=1)
+    # the only line, from its first byte, even where it is not UTF-8
+    garbled = stand_in(tmp_path, "sys.stderr.buffer.write(b'Error: \\xff here\\n')")
+    with metrics._JavaLineServer(garbled, tmp_path, seconds=60) as server:
+        with pytest.raises(metrics.MetricUnavailableError,
+                           match="^stand-in.jar stopped: Error: \ufffd here$"):
+            server.ask(["x"], answers=1)
+    silent = stand_in(tmp_path, "sys.exit(0)")
+    with metrics._JavaLineServer(silent, tmp_path, seconds=60) as server:
+        with pytest.raises(metrics.MetricUnavailableError, match="stopped: no message"):
+            server.ask(["x"], answers=1)
+
+
+def test_line_server_runs_the_program_in_the_jars_folder(tmp_path):
+    where = stand_in(tmp_path, "import os\nsys.stdin.readline()\nprint(os.getcwd(), flush=True)")
+    (tmp_path / "jar folder").mkdir()
+    with metrics._JavaLineServer(where, tmp_path / "jar folder", seconds=60) as server:
+        assert server.ask(["where?"], answers=1) == [str(tmp_path / "jar folder")]
+
+
+def test_line_server_stops_a_program_that_does_not_answer_in_time(tmp_path):
+    mute = stand_in(tmp_path, "time.sleep(60)")
+    with metrics._JavaLineServer(mute, tmp_path, seconds=0.3) as server:
+        started = time.monotonic()
+        with pytest.raises(metrics.MetricUnavailableError,
+                           match="^stand-in.jar gave no answer in time and was stopped$"):
+            server.ask(["x"], answers=1)
+        assert time.monotonic() - started < 0.9  # the deadline, not a second more
+
+
+def test_line_server_says_when_java_cannot_start(tmp_path):
+    missing = [str(tmp_path / "no-java"), "-jar", "x.jar"]
+    with pytest.raises(metrics.MetricUnavailableError, match="Java could not start"):
+        metrics._JavaLineServer(missing, tmp_path, seconds=1)
+
+
+def test_meteor_sends_one_line_per_caption_and_the_toolkits_options(monkeypatch):
+    seen = {}
+
+    class Recorder(ReplayedJar):
+        def __init__(self, command, cwd, seconds):
+            super().__init__(command, cwd, seconds)
+            seen.update(command=command, cwd=cwd, seconds=seconds, asked=[])
+
+        def ask(self, lines, answers):
+            seen["asked"].append((lines, answers))
+            # statistics per caption first, then the per-image scores and the corpus score
+            return ["1 2 3"] * answers if len(seen["asked"]) == 1 else ["0.25", "0.75", "0.5"]
+
+    monkeypatch.setattr(metrics, "_find_java", lambda: "/usr/bin/java")
+    monkeypatch.setattr(metrics, "_JavaLineServer", Recorder)
+    corpus_score, each = metrics.meteor(["a dog\nruns", "a ||| cat"],
+                                        [["a dog", "one dog"], ["a\rcat"]])
+    assert seen["command"][:4] == ["/usr/bin/java", "-Dfile.encoding=UTF-8", "-Xmx2G", "-jar"]
+    assert seen["command"][4].endswith("meteor-1.5.jar")
+    assert seen["command"][5:] == ["-", "-", "-stdio", "-l", "en", "-norm"]
+    assert pathlib.Path(seen["command"][4]).parent == seen["cwd"]
+    assert seen["seconds"] == metrics.METEOR_SECONDS + 2 * metrics.METEOR_SECONDS_PER_IMAGE
+    (scored, two), (evaluated, three) = seen["asked"]
+    assert scored == ["SCORE ||| a dog ||| one dog ||| a dog runs", "SCORE ||| a cat ||| a cat"]
+    assert two == 2 and three == 3 and evaluated == ["EVAL ||| 1 2 3 ||| 1 2 3"]
+    assert corpus_score == 0.5 and each == [0.25, 0.75]
+
+
+# --- SPICE, on a stand-in jar --------------------------------------------------------------------
+
+
+def spice_stand_in(tmp_path, body: str) -> str:
+    """An executable "java" that runs ``body`` with ``request`` and ``answer`` bound to the
+    paths SPICE is given (``java -Xmx8G -jar spice.jar REQUEST -out ANSWER ...``)."""
+    program = tmp_path / "java"
+    program.write_text(f"#!{sys.executable}\nimport json, os, sys, time\n"
+                       "request, answer = sys.argv[4], sys.argv[6]\n" + body + "\n")
+    program.chmod(0o755)
+    return str(program)
+
+
+@pytest.fixture
+def spice_ready(monkeypatch, tmp_path):
+    """SPICE in a toolkit folder of its own (``toolkit/spice/spice-1.0.jar``) where the Stanford
+    CoreNLP jars are in place, so no download is tried."""
+    lib = tmp_path / "toolkit" / "spice" / "lib"
+    lib.mkdir(parents=True)
+    for name in metrics.SPICE_CORENLP_JARS:
+        (lib / name).write_bytes(b"")
+
+    def no_download(folder):
+        raise AssertionError(f"tried to download CoreNLP into {folder}")
+
+    monkeypatch.setattr(metrics, "_toolkit_file", lambda *parts: tmp_path.joinpath("toolkit", *parts))
+    monkeypatch.setattr(metrics, "_download_corenlp", no_download)
+    return lib
+
+
+def test_spice_reads_the_jars_scores_per_image(tmp_path, monkeypatch, spice_ready):
+    # the stand-in answers in reverse order, one image without a score
+    java = spice_stand_in(tmp_path, (
+        "items = json.load(open(request))\n"
+        "assert [i['image_id'] for i in items] == [0, 1, 2]\n"
+        "assert items[1] == {'image_id': 1, 'test': 'a cat', 'refs': ['a cat', 'one cat']}\n"
+        "assert sys.argv[1:3] == ['-Xmx8G', '-jar'] and sys.argv[5] == '-out'\n"
+        "assert sys.argv[3].endswith('toolkit/spice/spice-1.0.jar')\n"
+        "assert sys.argv[7:] == ['-subset', '-silent']\n"
+        "assert os.getcwd().endswith('toolkit/spice')  # the jar finds lib/ beside itself\n"
+        "scores = {0: 0.5, 1: None, 2: 0.25}\n"
+        "json.dump([{'image_id': i, 'scores': {'All': {'f': scores[i]}}} for i in (2, 1, 0)],"
+        " open(answer, 'w'))"))
+    monkeypatch.setattr(metrics, "_find_java", lambda: java)
+    mean, each = metrics.spice(["a dog", "a cat", "a bird"],
+                               [["a dog"], ["a cat", "one cat"], ["a bird"]])
+    assert each[0] == 0.5 and math.isnan(each[1]) and each[2] == 0.25
+    assert math.isnan(mean)  # a missing score makes the mean unknown
+    every = spice_stand_in(tmp_path, (
+        "n = len(json.load(open(request)))\n"
+        "json.dump([{'image_id': i, 'scores': {'All': {'f': 0.25 * (i + 1)}}} for i in range(n)],"
+        " open(answer, 'w'))"))
+    monkeypatch.setattr(metrics, "_find_java", lambda: every)
+    assert metrics.spice(["a", "b", "c"], [["a"], ["b"], ["c"]]) == (0.5, [0.25, 0.5, 0.75])
+
+
+def test_spice_downloads_corenlp_into_its_lib_folder_when_missing(tmp_path, monkeypatch,
+                                                                   spice_ready):
+    (spice_ready / metrics.SPICE_CORENLP_JARS[1]).unlink()
+    folders = []
+
+    def download(folder):
+        folders.append(folder)
+        raise metrics.MetricUnavailableError("offline")
+
+    monkeypatch.setattr(metrics, "_find_java", lambda: "java")
+    monkeypatch.setattr(metrics, "_download_corenlp", download)
+    with pytest.raises(metrics.MetricUnavailableError, match="offline"):
+        metrics.spice(["a dog"], [["a dog"]])
+    assert folders == [spice_ready]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(metrics, "_find_java", lambda: None)
+    with pytest.raises(metrics.MetricUnavailableError, match="^SPICE runs on Java"):
+        metrics.spice(["a dog"], [["a dog"]])
+
+
+def test_spice_failures_are_reported(tmp_path, monkeypatch, spice_ready):
+    java = spice_stand_in(tmp_path, "print('parsing', file=sys.stderr)\n"
+                                    "print('OutOfMemoryError', file=sys.stderr)\nsys.exit(3)")
+    monkeypatch.setattr(metrics, "_find_java", lambda: java)
+    with pytest.raises(metrics.MetricUnavailableError,
+                       match=r"the SPICE jar failed \(exit 3\): OutOfMemoryError$"):
+        metrics.spice(["a dog"], [["a dog"]])
+    no_answer = spice_stand_in(tmp_path, "pass")
+    monkeypatch.setattr(metrics, "_find_java", lambda: no_answer)
+    with pytest.raises(metrics.MetricUnavailableError, match=r"failed \(exit 0\): no message"):
+        metrics.spice(["a dog"], [["a dog"]])
+    slow = spice_stand_in(tmp_path, "time.sleep(60)")
+    monkeypatch.setattr(metrics, "_find_java", lambda: slow)
+    monkeypatch.setattr(metrics, "SPICE_SECONDS", 1.0)
+    with pytest.raises(metrics.MetricUnavailableError,
+                       match="^SPICE took more than 1 s and was stopped$"):
+        metrics.spice(["a dog"], [["a dog"]])
 
 
 # --- when Java or CoreNLP are missing -----------------------------------------------------------
@@ -313,9 +652,24 @@ def test_meteor_equals_the_toolkits_meteor():
 def test_without_java_the_other_metrics_come_with_a_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no java on it
     references, candidates = {0: ["a red circle"], 1: ["two squares"]}, {0: "a circle", 1: "a"}
-    with pytest.warns(metrics.MetricUnavailableWarning, match="apt-get install default-jre-headl"):
+    with pytest.warns(metrics.MetricUnavailableWarning,
+                      match="^METEOR left out: METEOR runs on Java, which is not installed here: "
+                            "install Java with `apt-get install default-jre-headless`"):
         scores = evaluate_captions(references, candidates)
     assert list(scores) == list(TOOLKIT_METRICS)
+    with pytest.warns(metrics.MetricUnavailableWarning) as caught:
+        evaluate_captions(references, candidates, ["METEOR"])
+    assert caught[0].filename == __file__  # the warning names the caller's line
+
+
+def test_a_missing_meteor_jar_is_named(monkeypatch, tmp_path):
+    monkeypatch.setattr(metrics, "_find_java", lambda: "java")
+    monkeypatch.setattr(metrics, "_toolkit_file", lambda *parts: tmp_path.joinpath(*parts))
+    missing = tmp_path / "meteor" / "meteor-1.5.jar"
+    with pytest.raises(metrics.MetricUnavailableError) as raised:
+        metrics.meteor(["a dog"], [["a dog"]])
+    assert str(raised.value) == (f"the METEOR jar is missing ({missing}): "
+                                 "reinstall pycocoevalcap==1.2")
 
 
 def test_a_meteor_that_hangs_is_stopped(monkeypatch, tmp_path):
@@ -347,6 +701,51 @@ def test_spice_offline_is_skipped_with_a_clear_message(monkeypatch):
     assert "SPICE" not in metrics.DEFAULT_METRICS
 
 
+def test_corenlp_is_fetched_only_after_a_quick_reachability_test(monkeypatch, tmp_path):
+    from pycocoevalcap.spice import get_stanford_models as models
+
+    asked, fetched = [], []
+
+    class Answer:
+        def close(self):
+            asked.append("closed")
+
+    def reachable(request, timeout):
+        asked.append((request.full_url, request.get_method(), timeout))
+        return Answer()
+
+    monkeypatch.setattr(metrics.urllib.request, "urlopen", reachable)
+    monkeypatch.setattr(models, "get_stanford_models", lambda: fetched.append(True))
+    metrics._download_corenlp(tmp_path)
+    url = "http://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip"
+    assert asked[0][:2] == (url, "HEAD") and asked[0][2] <= 30 and asked[1] == "closed"
+    assert fetched == [True]
+
+    def broken_archive():
+        raise metrics.zipfile.BadZipFile("truncated")
+
+    monkeypatch.setattr(models, "get_stanford_models", broken_archive)
+    with pytest.raises(metrics.MetricUnavailableError) as raised:
+        metrics._download_corenlp(tmp_path / "lib")
+    assert str(raised.value) == (
+        f"SPICE needs Stanford CoreNLP 3.6.0, which pycocoevalcap downloads from {url} on first "
+        f"use, and that failed here (truncated); run once with internet access, or put "
+        f"stanford-corenlp-3.6.0.jar and stanford-corenlp-3.6.0-models.jar into {tmp_path / 'lib'}")
+
+
+def test_java_is_looked_up_on_the_path(monkeypatch, tmp_path):
+    java = tmp_path / "java"
+    java.write_text("#!/bin/sh\n")
+    java.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert metrics._find_java() == str(java)
+    assert metrics._java_or_advice("METEOR") == str(java)
+    java.unlink()
+    with pytest.raises(metrics.MetricUnavailableError,
+                       match=r"^METEOR runs on Java, which is not installed here: install Java"):
+        metrics._java_or_advice("METEOR")
+
+
 # --- the interface -------------------------------------------------------------------------------
 
 def test_metric_selection_and_per_image_layout():
@@ -358,7 +757,8 @@ def test_metric_selection_and_per_image_layout():
     assert scores["CIDEr"] == pytest.approx(sum(scores["per_image"]["CIDEr"].values()) / 2)
     only_x = evaluate_captions(references, {"x": "a red circle"}, "Bleu")
     assert list(only_x) == ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]
-    with pytest.raises(ValueError, match="unknown metric"):
+    with pytest.raises(ValueError, match=r"^unknown metric 'BLEU-4'; choose from Bleu, Bleu_1, "
+                                         r"Bleu_2, Bleu_3, Bleu_4, METEOR, ROUGE_L, CIDEr, SPICE$"):
         evaluate_captions(references, {"x": "a"}, ["BLEU-4"])
     with pytest.raises(ValueError, match="reference"):
         evaluate_captions({"x": []}, {"x": "a"}, ["CIDEr"])

@@ -65,7 +65,10 @@ def test_counts_and_duplicates_occur(examples):
     assert set(sizes) == {1, 2, 3}
     multi = [scene for scene, _ in examples if len(scene["objects"]) > 1]
     repeated = [s for s in multi if len(shapes._clusters(s["objects"])) < len(s["objects"])]
-    assert 0.10 < len(repeated) / len(multi) < 0.25
+    # a multi-object scene repeats a pair with DUPLICATE_PROBABILITY: a binomial share, here
+    # within four standard deviations of it
+    p, n = shapes.DUPLICATE_PROBABILITY, len(multi)
+    assert abs(len(repeated) / n - p) < 4 * np.sqrt(p * (1 - p) / n)
 
 
 def test_allowed_and_require_any_are_respected():
@@ -141,12 +144,18 @@ def test_reference_mix_covers_the_grammar(examples):
         assert any(c.startswith(prefix) for _, refs in examples for c in refs), prefix
 
 
-@pytest.mark.parametrize("num_objects, low, high", [(1, 0.0, 0.0), (2, 0.25, 0.41), (3, 0.1, 0.21)])
-def test_relation_share_follows_the_template_mix(examples, num_objects, low, high):
+@pytest.mark.parametrize("num_objects, low", [(1, 0.0), (2, 0.25), (3, 0.1)])
+def test_relation_share_follows_the_template_mix(examples, num_objects, low):
+    """Each image gets round(5 * RELATION_SHARE) relation captions when its scene allows one
+    (objects far enough apart, in different groups), so the share is at most that; scenes that
+    allow none pull it down, to no less than ``low`` for these 2000 scenes."""
     relation_words = {"left", "right", "above", "below"}
-    refs = [c for scene, rs in examples if len(scene["objects"]) == num_objects for c in rs]
-    share = np.mean([bool(relation_words & set(shapes.tokenize(c))) for c in refs])
-    assert low <= share <= high
+    per_image = [sum(bool(relation_words & set(shapes.tokenize(c))) for c in rs)
+                 for scene, rs in examples if len(scene["objects"]) == num_objects]
+    most = int(shapes.REFERENCES_PER_IMAGE * shapes.RELATION_SHARE[num_objects] + 0.5)
+    assert max(per_image) == most
+    share = np.mean(per_image) / shapes.REFERENCES_PER_IMAGE
+    assert low <= share <= most / shapes.REFERENCES_PER_IMAGE
 
 
 # --------------------------------------------------------------------------- relations
@@ -161,8 +170,23 @@ def test_relation_holds_needs_a_clear_margin():
     assert not shapes.relation_holds(left, close, "left of", 64)
     assert shapes.relation_holds(left, close, "above", 64)
     assert shapes.relation_holds(close, left, "below", 64)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^unknown relation 'next to'; choose one of \('left of', "
+                                         r"'right of', 'above', 'below'\)$"):
         shapes.relation_holds(left, near, "next to", 64)
+
+
+def test_relation_margin_is_an_eighth_of_the_image_inclusive():
+    # centres exactly 64 / 8 = 8 pixels apart hold; 7 apart do not (x and y alike)
+    here = _obj("red", "circle", "small", [10, 10, 20, 20])  # centre (15, 15)
+    eight = _obj("blue", "star", "small", [18, 18, 28, 28])  # centre (23, 23)
+    seven = _obj("blue", "star", "small", [17, 17, 27, 27])  # centre (22, 22)
+    for relation, a, b in (("left of", here, eight), ("right of", eight, here),
+                           ("above", here, eight), ("below", eight, here)):
+        assert shapes.relation_holds(a, b, relation, 64), relation
+    for relation, a, b in (("left of", here, seven), ("right of", seven, here),
+                           ("above", here, seven), ("below", seven, here)):
+        assert not shapes.relation_holds(a, b, relation, 64), relation
+    assert shapes.relation_holds(here, seven, "left of", 56)  # 56 / 8 = 7
 
 
 # --------------------------------------------------------------------------- the checker

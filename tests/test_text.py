@@ -29,7 +29,7 @@ def test_encode_decode_round_trip_and_truncation_keeps_end():
     short = vocab.encode(["a", "red", "circle"], 4)
     assert short[0] == vocab.start_id and short[-1] == vocab.end_id and len(short) == 4
     assert vocab.decode(short) == "a red"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^length must leave room for <start> and <end>, got 1$"):
         vocab.encode(["a"], 1)
 
 
@@ -37,6 +37,37 @@ def test_save_and_load(tmp_path):
     vocab = Vocabulary.from_captions([["x", "y", "y"]])
     vocab.save(tmp_path / "vocab.json")
     assert Vocabulary.load(tmp_path / "vocab.json").words == vocab.words
+
+
+def test_decode_skips_start_stops_at_end_or_padding_and_names_unknown_ids():
+    vocab = Vocabulary(["a", "dog"])
+    assert len(vocab) == 6 and vocab.words[4:] == ["a", "dog"]
+    assert vocab.decode([2, 4, 5, 3, 4]) == "a dog"  # nothing after <end>
+    assert vocab.decode([4, 2, 5, 0, 5]) == "a dog"  # <start> anywhere is skipped; 0 stops
+    assert vocab.decode([4, 1, 6, -1, 99]) == "a <unk> <unk> <unk> <unk>"
+    assert vocab.decode([]) == ""
+    assert vocab.decode(np.array([4, 5], np.int64)) == "a dog"
+
+
+def test_encode_fits_start_and_end_into_two_positions():
+    vocab = Vocabulary(["a"])
+    assert vocab.encode(["a", "a"], 2) == [2, 3]
+    assert vocab.encode([], 3) == [2, 3, 0]
+    assert vocab.encode(["b"], 4) == [2, 1, 3, 0]
+
+
+def test_specials_are_not_repeated_when_given():
+    assert Vocabulary(["<pad>", "<unk>", "<start>", "<end>", "x"]).words[4:] == ["x"]
+    assert Vocabulary(["x", "<end>", "y"]).words == ["<pad>", "<unk>", "<start>", "<end>", "x", "y"]
+
+
+def test_saved_vocabulary_is_readable_utf8(tmp_path):
+    vocab = Vocabulary.from_captions([["café", "猫", "café"]])
+    vocab.save(tmp_path / "vocab.json")
+    text = (tmp_path / "vocab.json").read_text(encoding="utf-8")
+    assert '"café"' in text and '"猫"' in text  # the words themselves, not \\u escapes
+    assert Vocabulary.load(tmp_path / "vocab.json").words == vocab.words == [
+        "<pad>", "<unk>", "<start>", "<end>", "café", "猫"]
 
 
 TRICKY = [
@@ -60,16 +91,19 @@ def test_tensorflow_standardization_agrees_with_python():
         theirs = tf_standardize(tf.constant(caption)).numpy().decode("utf-8").split()
         assert theirs == ours, caption
     assert standardize(TRICKY[3]) == ["一只猫坐在垫子上"]
+    # one string of words joined by single spaces, like " ".join(standardize(...))
+    assert tf_standardize(tf.constant(" A,  red\t\tcircle! ")).numpy().decode() == "a red circle"
 
 
 def test_text_vectorization_encodes_like_the_vocabulary():
     tf = pytest.importorskip("tensorflow")
     captions = ["A red circle left of a blue square.", "two green stars", "a café",
-                "a red circle a red circle a red circle a red circle a red circle", "unknown words here"]
+                "a red circle a red circle a red circle a red circle a red circle", "unknown words here",
+                "a café—red circle"]  # a dash that Keras' own standardisation would keep
     vocab = Vocabulary.from_captions(standardize(c) for c in captions[:3])
     layer = vocab.text_vectorization(10)
     ids = layer(tf.constant(captions)).numpy()
-    assert ids.shape == (5, 10)
+    assert ids.shape == (6, 10)
     for caption, row in zip(captions, ids):
         assert row.tolist() == vocab.encode(standardize(caption), 10), caption
     assert ids[3, -1] == vocab.end_id  # a long caption keeps its <end>

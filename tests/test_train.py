@@ -1,5 +1,6 @@
 """Training plumbing on a tiny Shapes set: pipeline, scoring, best-epoch saving, resume."""
 import pathlib
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -14,26 +15,46 @@ from utils.captioner import (build_captioner, caption_log_likelihood,  # noqa: E
 from utils.profile import get_profile  # noqa: E402
 
 
+#: Caption positions of the tiny set: long enough that caption lengths vary (the grouping tests).
+LENGTH = 18
+#: What the training tests train: the smoke profile cut to a few steps of a tiny model on
+#: captions of at most six words (``SHORT_LENGTH`` positions), so that the graphs traced for
+#: every ``fit`` stay small. XLA would take longer to compile than these steps take to run.
+SHORT_LENGTH = 8
+TINY_SIZES = dict(epochs=2, steps_per_epoch=2, batch_size=4, eval_images=4, jit_compile=False,
+                  max_caption_tokens=SHORT_LENGTH - 2, cnn_filters=(8, 8, 16), embed_dim=8,
+                  units=16, attention_units=8)
+
+
+class Tiny(NamedTuple):
+    encoded: dict  # "train", "val": 40 images' captions at LENGTH positions
+    short: dict  # the same at SHORT_LENGTH positions, for training
+    vocab: text.Vocabulary
+    profile: object  # utils.profile.Profile with TINY_SIZES
+
+
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory) -> Tiny:
     root = tmp_path_factory.mktemp("shapes")
     records = datasets.load_karpathy(shapes.write_dataset(root / "data", 40, seed=3))
     vocab = text.Vocabulary.from_captions(c for r in datasets.split(records, "train") for c in r.captions)
-    encoded = {name: datasets.encode_split(datasets.split(records, name), vocab, 18, name)
-               for name in ("train", "val")}
-    profile = get_profile("smoke").replace(epochs=3, steps_per_epoch=2, batch_size=4, eval_images=4,
-                                           jit_compile=False)  # XLA compiling costs more than it saves here
-    return encoded, vocab, profile
+
+    def encoded(length):
+        return {name: datasets.encode_split(datasets.split(records, name), vocab, length, name)
+                for name in ("train", "val")}
+
+    return Tiny(encoded(LENGTH), encoded(SHORT_LENGTH), vocab,
+                get_profile("smoke").replace(**TINY_SIZES))
 
 
 def test_pipeline_draws_one_reference_per_image_deterministically(tiny):
-    encoded, _, _ = tiny
+    encoded = tiny.encoded
     first = [b[1].numpy() for b in train.training_pipeline(encoded["train"], 4, seed=5).take(3)]
     again = [b[1].numpy() for b in train.training_pipeline(encoded["train"], 4, seed=5).take(3)]
     np.testing.assert_array_equal(np.stack(first), np.stack(again))
     images, captions = next(iter(train.training_pipeline(encoded["train"], 4)))
     assert images.shape == (4, 64, 64, 3) and images.dtype == tf.uint8
-    assert captions.shape == (4, 18) and (captions[:, 0].numpy() == 2).all()
+    assert captions.shape == (4, LENGTH) and (captions[:, 0].numpy() == 2).all()
     # every drawn caption is one of that image's references
     pixels = encoded["train"].pixels.reshape(len(encoded["train"]), -1)
     for image, caption in zip(images.numpy(), captions.numpy()):
@@ -42,7 +63,7 @@ def test_pipeline_draws_one_reference_per_image_deterministically(tiny):
 
 
 def test_grouping_by_length_reorders_an_epoch_without_changing_it(tiny):
-    encoded, _, _ = tiny
+    encoded = tiny.encoded
     split = encoded["train"]
     steps = len(split) // 4
 
@@ -64,7 +85,7 @@ def test_grouping_by_length_reorders_an_epoch_without_changing_it(tiny):
 
 
 def test_fit_groups_by_length_only_where_no_batch_norm_trains(tiny):
-    _, _, profile = tiny
+    profile = tiny.profile
     cnn = build_captioner(12, filters=(8, 8, 16), embed_dim=8, units=16, attention_units=8)
     features = build_captioner(12, encoder="features", region_dim=8, embed_dim=8, units=16,
                          attention_units=8)
@@ -76,7 +97,7 @@ def test_fit_groups_by_length_only_where_no_batch_norm_trains(tiny):
 
 
 def test_scores_of_the_references_themselves_are_perfect(tiny):
-    encoded, _, _ = tiny
+    encoded = tiny.encoded
     val = encoded["val"]
     scores = train.score_captions([refs[0] for refs in val.references], val)
     assert scores["exact"] == 1.0 and scores["bleu4"] == pytest.approx(1.0)
@@ -88,9 +109,10 @@ def _model(vocab, profile):
 
 
 class _Interrupt(keras.callbacks.Callback):
+    """Kills a run (as ^C would) at the end of its first epoch."""
+
     def on_epoch_end(self, epoch, logs=None):
-        if epoch == 1:
-            raise KeyboardInterrupt
+        raise KeyboardInterrupt
 
 
 class _FinalWeights(keras.callbacks.Callback):
@@ -114,41 +136,51 @@ def _fit_with(monkeypatch, extra_callbacks):
     monkeypatch.setattr(keras.Model, "fit", fit)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_at_the_right_epoch_with_identical_weights(tiny, tmp_path, monkeypatch):
-    encoded, vocab, profile = tiny
-    profile = profile.replace(dropout=0.3)  # the dropout masks must repeat too
-    args = (encoded["train"], encoded["val"], vocab, profile)
+    profile = tiny.profile.replace(dropout=0.3)  # the dropout masks must repeat too
+    args = (tiny.short["train"], tiny.short["val"], tiny.vocab, profile)
 
     whole = _FinalWeights()
     _fit_with(monkeypatch, [whole])
-    history = train.fit(_model(vocab, profile), *args, tmp_path / "whole", verbose=0)
-    assert len(history.history["loss"]) == 3 and "val_exact" in history.history
+    model = _model(tiny.vocab, profile)
+    history = train.fit(model, *args, tmp_path / "whole", verbose=0)
+    assert len(history.history["loss"]) == 2 and "val_exact" in history.history
     assert (tmp_path / "whole" / "best.weights.h5").exists()
+    assert not model.trim_batches  # the CNN trains batch norm: random batches, not trimmed
     monkeypatch.undo()
 
-    # the same run killed after its second epoch, then started again with the same call
+    # the same run killed after its first epoch, then started again with the same call
     _fit_with(monkeypatch, [_Interrupt()])
     with pytest.raises(KeyboardInterrupt):
-        train.fit(_model(vocab, profile), *args, tmp_path / "killed", verbose=0)
+        train.fit(_model(tiny.vocab, profile), *args, tmp_path / "killed", verbose=0)
     monkeypatch.undo()
     resumed = _FinalWeights()
     _fit_with(monkeypatch, [resumed])
-    history = train.fit(_model(vocab, profile), *args, tmp_path / "killed", verbose=0)
-    assert resumed.epochs_run == 1  # only the third epoch was left to run
-    assert len(history.history["loss"]) == 3  # and the history still holds all three
+    history = train.fit(_model(tiny.vocab, profile), *args, tmp_path / "killed", verbose=0)
+    assert resumed.epochs_run == 1  # only the second epoch was left to run
+    assert len(history.history["loss"]) == 2  # and the history still holds both
     for ours, theirs in zip(resumed.weights, whole.weights, strict=True):
         np.testing.assert_array_equal(ours, theirs)
 
 
-def test_a_finished_run_is_loaded_and_a_mismatched_one_is_not(tiny, tmp_path):
-    encoded, vocab, profile = tiny
-    model = _model(vocab, profile)
-    train.fit(model, encoded["train"], encoded["val"], vocab, profile, tmp_path / "run", verbose=0)
-    assert not model.trim_batches  # the CNN: random batches, not trimmed
-    loaded = train.load_finished_run(tmp_path / "run", profile, vocab)
-    pixels = encoded["val"].pixels[:3]
-    np.testing.assert_array_equal(greedy_decode(loaded, pixels, 6)[0].numpy(), greedy_decode(model, pixels, 6)[0].numpy())
-    assert train.load_finished_run(tmp_path / "run", profile.replace(units=8), vocab) is None
+def test_a_finished_run_is_loaded_and_a_mismatched_one_is_not(smoke_run, tmp_path):
+    """The session's smoke run (conftest.py) is reloaded from its training folder with the
+    weights that were exported, and refused for other settings or another vocabulary."""
+    from utils import export
+
+    exported = export.load_captioner(smoke_run.export)
+    profile = get_profile("smoke", dataset="shapes")
+    vocab = exported.vocabulary
+    loaded = train.load_finished_run(smoke_run.training, profile, vocab)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    for ours, theirs in zip(loaded.get_weights(), exported.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(greedy_decode(loaded, pixels, 6)[0].numpy(),
+                                  greedy_decode(exported.model, pixels, 6)[0].numpy())
+    assert train.load_finished_run(smoke_run.training, profile.replace(units=8), vocab) is None
+    other_words = text.Vocabulary([*vocab.words[:-1], "zebra"])
+    assert train.load_finished_run(smoke_run.training, profile, other_words) is None
     assert train.load_finished_run(tmp_path / "nothing", profile, vocab) is None
 
 
@@ -164,7 +196,7 @@ class _StubModel:
 
 
 def test_caption_score_logs_cider_and_stops_early_across_a_resume(tiny, tmp_path, monkeypatch):
-    encoded, vocab, _ = tiny
+    encoded, vocab = tiny.encoded, tiny.vocab
     val = encoded["val"]
     right = [refs[0] for refs in val.references]
     wrong = ["a small purple star"] * len(val)
@@ -191,27 +223,53 @@ def test_caption_score_logs_cider_and_stops_early_across_a_resume(tiny, tmp_path
     assert model.stop_training and second.stopped_epoch == 3 and model.saved == 1
 
 
-def test_log_likelihood_and_relation_preference(tiny):
-    encoded, vocab, profile = tiny
-    model = _model(vocab, profile)
-    test = encoded["train"]  # 40 images: the only split with many two-object scenes
-    captions = test.captions[:4, 0]
-    logits, _ = model((test.pixels[:4], captions[:, :-1]))
+def _caption_log_likelihoods(model, pixels, captions) -> np.ndarray:
+    """log p(caption | image) from the teacher-forced logits, summed here in NumPy: the words
+    and <end>, not the padding."""
+    logits, _ = model((pixels, captions[:, :-1]))
     log_probs = tf.nn.log_softmax(logits).numpy()
     targets = captions[:, 1:]
-    expected = [sum(log_probs[i, t, targets[i, t]] for t in range(targets.shape[1]) if targets[i, t])
-                for i in range(4)]
-    np.testing.assert_allclose(caption_log_likelihood(model, test.pixels[:4], captions), expected, rtol=1e-5)
-    result = train.relation_preference(model, test, vocab)
-    assert result["pairs"] > 0 and 0.0 <= result["preference"] <= 1.0
+    return np.array([sum(log_probs[i, t, targets[i, t]] for t in range(targets.shape[1])
+                         if targets[i, t]) for i in range(len(captions))])
 
 
+def test_log_likelihood_and_relation_preference(tiny):
+    from utils.evaluation import relation_pairs
+
+    model = _model(tiny.vocab, tiny.profile)
+    # 40 images: the only split with many two-object scenes; whole captions, so that the
+    # relation words are in
+    test = tiny.encoded["train"]
+    model((test.pixels[:1], test.captions[:1, 0, :-1]))
+    # Larger random decoder weights than the initial ones: peaked word distributions, so that a
+    # caption and its mirror image get clearly different likelihoods.
+    rng = np.random.default_rng(1)
+    for weight in model.decoder.weights:
+        weight.assign(rng.normal(scale=0.5, size=weight.shape).astype("float32"))
+    captions = test.captions[:4, 0]
+    np.testing.assert_allclose(caption_log_likelihood(model, test.pixels[:4], captions),
+                               _caption_log_likelihoods(model, test.pixels[:4], captions),
+                               rtol=1e-5)
+    # every true relation caption against its mirror image, scored independently
+    pairs = relation_pairs(test.references, test.scenes)
+    pixels = test.pixels[[index for index, _, _ in pairs]]
+    true, swapped = (_caption_log_likelihoods(model, pixels, np.array(
+        [tiny.vocab.encode(pair[side].split(), LENGTH) for pair in pairs], np.int32))
+        for side in (1, 2))
+    result = train.relation_preference(model, test, tiny.vocab)
+    assert result["pairs"] == len(pairs) > 0
+    assert np.abs(true - swapped).min() > 1e-3  # no pair so close that rounding could flip it
+    assert result["preference"] == np.mean(true > swapped)
+    assert result["margin"] == pytest.approx(np.mean(true - swapped), abs=1e-4)
+
+
+@pytest.mark.slow
 def test_fit_on_cached_backbone_features(tiny, tmp_path):
     """The real-data path end to end on Shapes files: extract and cache features (with a
     randomly initialised backbone: no internet here), train with fit, caption the features."""
     from utils import features
 
-    _, _, profile = tiny
+    profile = tiny.profile.replace(epochs=1)
     records = datasets.load_dataset("shapes", shapes.write_dataset(tmp_path / "data", 40, seed=3).parent)
     backbone = features.build_backbone("shapes_cnn", weights=None)
     vocab, splits = train.prepare_with_features(records, profile, backbone="shapes_cnn",

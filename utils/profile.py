@@ -50,11 +50,12 @@ class Profile:
 
 
 _PROFILES = {
+    # A dozen training steps: XLA would spend longer compiling the decoder than it saves.
     "smoke": Profile(
         name="smoke", dataset="shapes", num_images=240, image_size=64, max_caption_tokens=16,
         embed_dim=32, units=64, attention_units=32, cnn_filters=(16, 32, 32), dropout=0.0,
         epochs=2, batch_size=16, learning_rate=3e-3, final_learning_rate=1e-3,
-        steps_per_epoch=6, eval_images=16,
+        steps_per_epoch=6, eval_images=16, jit_compile=False,
     ),
     "cpu": Profile(
         name="cpu", dataset="shapes", num_images=10_000, image_size=64, max_caption_tokens=16,
