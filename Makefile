@@ -64,15 +64,10 @@ notebooks: $(STAMP)
 
 book: execute site
 
-# Run every chapter top to bottom and store its outputs, then refresh the paired .md files.
+# Run every chapter top to bottom and store its outputs (one stream per cell, progress bars as
+# their last line: book/execute.py), then refresh the paired .md files.
 execute: $(STAMP)
-	@for notebook in $(CHAPTERS); do \
-	  echo "== executing $$notebook (BOOK_PROFILE=$(BOOK_PROFILE))"; \
-	  start=$$(date +%s); \
-	  BOOK_PROFILE=$(BOOK_PROFILE) $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
-	    --ExecutePreprocessor.timeout=$(CHAPTER_TIMEOUT) "$$notebook" || exit 1; \
-	  echo "   done in $$(( $$(date +%s) - start )) s"; \
-	done
+	BOOK_PROFILE=$(BOOK_PROFILE) $(PY) book/execute.py --timeout $(CHAPTER_TIMEOUT) $(CHAPTERS)
 	$(MAKE) sync
 
 # Build the HTML site from the outputs stored in the notebooks.

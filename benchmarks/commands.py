@@ -33,6 +33,8 @@ README_PATTERNS = {
     "test": (re.compile(r"`make test`: [^|]*?(?= \|)"), "`make test`: {duration} ({where})"),
     "book": (re.compile(r"`make book` from a fresh clone: [^|]*?(?= \|)"),
              "`make book` from a fresh clone: {duration} ({where})"),
+    "chapters": (re.compile(r"in the `cpu` profile by `make book`: [^|]*?(?= \|)"),
+                 "in the `cpu` profile by `make book`: {chapters}"),
 }
 
 
@@ -75,7 +77,20 @@ def time_command(clone: pathlib.Path, command: str) -> dict:
     return {"command": f"make {command}", "seconds": round(seconds, 1), "exit_status":
             done.returncode, "pytest_summary": summary, "load_average_start": load_start,
             "load_average_end": os.getloadavg(), "slowest": slowest(output),
-            "last_lines": output[-5:]}
+            "chapters": chapter_seconds(output), "last_lines": output[-5:]}
+
+
+def chapter_seconds(output: list[str]) -> dict[str, int]:
+    """Seconds per chapter from book/execute.py's lines (``make book``): ``{"05_...": 540}``."""
+    seconds, chapter = {}, None
+    for line in output:
+        started = re.match(r"== executing chapters/(\S+)\.ipynb", line)
+        if started:
+            chapter = started.group(1)
+        done = re.match(r"\s+done in (\d+) s", line)
+        if done and chapter:
+            seconds[chapter] = int(done.group(1))
+    return seconds
 
 
 def slowest(output: list[str], count: int = 10) -> list[str]:
@@ -110,6 +125,10 @@ def duration(seconds: float) -> str:
 
 
 def readme_phrase(command: str, record: dict) -> str:
+    if command == "chapters":
+        return README_PATTERNS[command][1].format(chapters=", ".join(
+            f"chapter {int(name[:2])} {duration(seconds)}"
+            for name, seconds in sorted(record["chapters"].items())))
     cores = record["machine"]["cpus"]
     load = record["load_average_start"][0]
     where = (f"measured {record['date']} from a fresh clone on {cores} cores of "
@@ -120,7 +139,7 @@ def readme_phrase(command: str, record: dict) -> str:
 def update_readme() -> None:
     text = README.read_text()
     for command, (pattern, _) in README_PATTERNS.items():
-        path = RESULTS / f"commands-{command}.json"
+        path = RESULTS / f"commands-{'book' if command == 'chapters' else command}.json"
         if not path.exists():
             continue
         record = json.loads(path.read_text())

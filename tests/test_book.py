@@ -127,6 +127,54 @@ def test_no_stored_errors(path):
             )
 
 
+#: Lines a reader should never see in a stored output: TensorFlow's and absl's C++ log lines
+#: (``E0000 00:00:...``, the absl start-up notice, oneDNN and CUDA notices) and Python warnings.
+NOISE = re.compile(r"^([EWIF]\d{4} \d\d:\d\d:|WARNING: All log messages before absl"
+                   r"|.*oneDNN custom operations|.*cuda_(?:dnn|blas|fft)|.*Unable to register"
+                   r"|.*\w+Warning: )", re.MULTILINE)
+
+
+def stored_output_defects(notebook: nbformat.NotebookNode) -> list[str]:
+    """What is wrong with a notebook's stored outputs, one line per defect: log noise, progress
+    bars stored as their redraws (carriage returns, backspaces), a stream split into chunks."""
+    defects = []
+    for index, cell in enumerate(notebook.cells):
+        streams = [output for output in cell.get("outputs", []) if output.output_type == "stream"]
+        names = [output.name for output in streams]
+        for name in sorted(set(names)):
+            if names.count(name) > 1:
+                defects.append(f"cell {index}: {name} stored in {names.count(name)} chunks")
+        for output in streams:
+            for match in NOISE.finditer(output.text):
+                line = output.text[match.start():].splitlines()[0]
+                defects.append(f"cell {index}: log line in {output.name}: {line[:90]!r}")
+            if "\r" in output.text or "\b" in output.text:
+                defects.append(f"cell {index}: a progress bar's redraws in {output.name}")
+    return defects
+
+
+def test_stored_output_defects_are_found():
+    """The check itself, on a made-up notebook holding each defect once."""
+    notebook = nbformat.v4.new_notebook()
+    stream = nbformat.v4.new_output
+    notebook.cells = [nbformat.v4.new_code_cell("x", outputs=[
+        stream("stream", name="stderr", text="E0000 00:00:1795744096.611619 node_def_util.cc:682] x\n"),
+        stream("stream", name="stdout", text="Epoch 1/5\n"),
+        stream("stream", name="stdout", text="Shapes:  5%|| 534/10000\rShapes: 100%||\n")]),
+        nbformat.v4.new_code_cell("y", outputs=[stream("stream", name="stdout", text="fine\n")])]
+    defects = stored_output_defects(notebook)
+    assert len(defects) == 3 and all(line.startswith("cell 0:") for line in defects), defects
+    assert not stored_output_defects(nbformat.v4.new_notebook(cells=[notebook.cells[1]]))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_stored_outputs_show_only_what_the_prose_talks_about(path):
+    """`make book` stores one stream per cell with progress bars resolved to their last state
+    (nbclient's ``coalesce_streams``), and ``utils.setup`` keeps TensorFlow's logs quiet."""
+    defects = stored_output_defects(nbformat.read(path, as_version=4))
+    assert not defects, f"{path.name}:\n" + "\n".join(defects[:20])
+
+
 def test_toc_lists_exactly_the_chapters():
     files = toc_files()
     # Chapters are built from their notebooks (the .md twins are excluded from the site).

@@ -1,0 +1,67 @@
+"""Execute chapters top to bottom and store their outputs in place (`make execute`, `make book`).
+
+    python book/execute.py chapters/05_implementation.ipynb [...] [--timeout SECONDS]
+
+What nbconvert's ``--execute --inplace`` does, with two differences a reader of the stored
+outputs sees:
+
+* each cell's streams are stored as one stdout and one stderr output, with progress bars
+  resolved to their last state (nbclient's ``coalesce_streams``: a bar's redraws, separated by
+  carriage returns, would otherwise be stored one chunk each);
+* a chapter that fails is not written: its file keeps the outputs of its last good run, and the
+  message names the chapter, the cell and the error.
+
+Prints how long each chapter took (``benchmarks/commands.py`` reads these lines).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+import nbclient
+import nbformat
+from nbclient.exceptions import CellExecutionError
+
+
+def execute(path: pathlib.Path, timeout: int) -> float:
+    """Run ``path`` in a fresh kernel, started in its own folder; store it; return the seconds."""
+    notebook = nbformat.read(path, as_version=4)
+    started = time.perf_counter()
+    client = nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                     coalesce_streams=True,
+                                     resources={"metadata": {"path": str(path.parent)}})
+    client.execute()
+    seconds = time.perf_counter() - started
+    # Written next to the chapter, then renamed over it: an interrupted write loses nothing.
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".ipynb",
+                                     delete=False) as temporary:
+        nbformat.write(notebook, temporary)
+    os.replace(temporary.name, path)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="+", type=pathlib.Path)
+    parser.add_argument("--timeout", type=int, default=3600,
+                        help="seconds one cell may run before the chapter is stopped")
+    args = parser.parse_args(argv)
+    for path in args.notebooks:
+        print(f"== executing {path} (BOOK_PROFILE={os.environ.get('BOOK_PROFILE', 'auto')})",
+              flush=True)
+        try:
+            seconds = execute(path, args.timeout)
+        except CellExecutionError as error:
+            print(f"error: {path} failed and was left as it was; the failing cell and its "
+                  f"error:\n{error}", file=sys.stderr)
+            return 1
+        print(f"   done in {seconds:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
