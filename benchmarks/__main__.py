@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 
@@ -57,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(groups) - set(suite.GROUPS)
     if unknown:
         parser.error(f"unknown groups {sorted(unknown)}; choose from {suite.GROUPS}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from utils import quiet_tensorflow
+
+    quiet_tensorflow()  # before the suite imports TensorFlow
     mode = suite.MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)

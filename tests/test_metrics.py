@@ -5,6 +5,7 @@ read their answers from golden files recorded from the real jars (``tests/golden
 ``java_replay`` fixture of conftest.py; ``BOOK_RECORD_GOLDEN=1`` records them again); tests
 marked ``java`` run the jars themselves and are skipped without Java.
 """
+import functools
 import math
 import os
 import random
@@ -422,12 +423,12 @@ class ReplayedJar:
             self.jar = REAL_LINE_SERVER(*self.start).__enter__()
         return self.jar.ask(request["lines"], request["answers"])
 
-    def __enter__(self):
-        return self
+    def running(self):
+        return False  # never kept: the next call makes a new stand-in
 
-    def __exit__(self, *exception):
+    def close(self):
         if self.jar is not None:
-            self.jar.__exit__(*exception)
+            self.jar.close()
 
 
 REAL_LINE_SERVER = metrics._JavaLineServer
@@ -522,6 +523,30 @@ def test_line_server_says_when_java_cannot_start(tmp_path):
     missing = [str(tmp_path / "no-java"), "-jar", "x.jar"]
     with pytest.raises(metrics.MetricUnavailableError, match="Java could not start"):
         metrics._JavaLineServer(missing, tmp_path, seconds=1)
+
+
+def test_the_line_server_is_kept_between_calls_and_replaced_after_a_failure(tmp_path):
+    echo = stand_in(tmp_path, "import os\nfor line in sys.stdin:\n"
+                              "    print(line.strip() + ' ' + str(os.getpid()), flush=True)")
+    ask = functools.partial(metrics._ask_kept_server, echo, tmp_path, 60)
+    try:
+        first = ask(lambda server: server.ask(["a"], answers=1))[0].split()
+        second = ask(lambda server: server.ask(["b"], answers=1))[0].split()
+        assert first[0] == "a" and second == ["b", first[1]]  # one process answered both
+
+        def hang(server):
+            server.renew(0.2)
+            return server.ask([], answers=1)  # asks nothing: no answer comes before the deadline
+
+        with pytest.raises(metrics.MetricUnavailableError, match="no answer in time"):
+            ask(hang)
+        assert not metrics._kept_servers  # the failed server was dropped and killed
+        third = ask(lambda server: server.ask(["c"], answers=1))[0].split()
+        assert third[0] == "c" and third[1] != first[1]  # a fresh process
+        (kept,) = metrics._kept_servers.values()
+    finally:
+        metrics._close_kept_servers()
+    assert not kept.running() and not metrics._kept_servers
 
 
 def test_meteor_sends_one_line_per_caption_and_the_toolkits_options(monkeypatch):

@@ -1,4 +1,5 @@
 """The Setup path: tested versions equal the pins, Colab never gets a CPU TensorFlow."""
+import os
 import pathlib
 import re
 import tomllib
@@ -71,3 +72,14 @@ def test_mixed_precision_only_where_a_gpu_is_visible(monkeypatch):
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_tensorflow_logs_are_quiet_unless_the_reader_asked(monkeypatch):
+    """Level 3: tf.data's harmless ``E0000 ... use_unbounded_threadpool`` lines, which ``fit``
+    prints at level 2, stay out of the stored outputs (tests/test_book.py checks those)."""
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    utils.quiet_tensorflow()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    utils.quiet_tensorflow()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"

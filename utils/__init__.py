@@ -77,6 +77,16 @@ def set_precision(mixed: bool) -> str:
     return policy
 
 
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ log lines out of the chapters' outputs and the command line's.
+
+    Level 3 hides its start-up notices and its harmless error-level lines too (tf.data's
+    ``E0000 ... NodeDef mentions attribute use_unbounded_threadpool``, printed by ``fit`` with
+    level 2); a real failure still raises a Python exception. Takes effect only before
+    TensorFlow is imported; a level the reader set is kept."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
 def setup(profile: str | None = None, seed: int = 42, deterministic: bool = True):
     """Prepare a chapter: seed everything, make TensorFlow deterministic, print versions.
 
@@ -85,7 +95,7 @@ def setup(profile: str | None = None, seed: int = 42, deterministic: bool = True
     GPU and versions other than the tested ones are reported, with what to do.
     Fails with a message that says what to do when a pinned package is missing.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     if on_colab():
         os.environ.setdefault("BOOK_DATA", _colab_data_folder())
     try:

@@ -16,11 +16,13 @@ The results equal the toolkit's to 1e-9 (the tests check it). No TensorFlow is i
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import dataclasses
 import importlib.util
 import json
 import math
+import os
 import pathlib
 import queue
 import re
@@ -698,6 +700,14 @@ class _JavaLineServer:
         except OSError:  # the process has died or was killed: _answer reports why
             pass
 
+    def running(self) -> bool:
+        """Whether the program is still there to answer (it may be asked again)."""
+        return self._process.poll() is None
+
+    def renew(self, seconds: float) -> None:
+        """Give the next answers ``seconds`` from now, for a program that is asked again."""
+        self._deadline = time.monotonic() + seconds
+
     def ask(self, lines: list[str], answers: int) -> list[str]:
         """Send ``lines`` and return the next ``answers`` lines of output."""
         writer = threading.Thread(target=self._write, args=(lines,), daemon=True)
@@ -722,6 +732,10 @@ class _JavaLineServer:
         return self
 
     def __exit__(self, *exception) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Kill the program and release its pipes and threads."""
         self._process.kill()
         self._process.wait()
         for thread in self._threads:  # they end once the pipes to the dead process break
@@ -731,6 +745,42 @@ class _JavaLineServer:
                 stream.close()
             except OSError:  # flushing into a killed process's pipe fails; nothing is lost
                 pass
+
+
+#: The METEOR program kept between calls, by process id, command and class: Java and the
+#: paraphrase table take seconds to load, scoring a few hundred captions a fraction of one.
+_kept_servers: dict[tuple, _JavaLineServer] = {}
+_kept_lock = threading.Lock()
+
+
+def _close_kept_servers() -> None:
+    while _kept_servers:
+        _, server = _kept_servers.popitem()
+        server.close()
+
+
+atexit.register(_close_kept_servers)
+
+
+def _ask_kept_server(command: list[str], cwd: pathlib.Path, seconds: float,
+                     requests: Callable[[_JavaLineServer], list[str]]) -> list[str]:
+    """``requests(server)`` with a running server for ``command``, started once per process and
+    kept for the next call. Whatever goes wrong (a deadline, a crash) kills it: the next call
+    starts a fresh one. A stand-in whose ``running()`` is false is used once."""
+    key = (os.getpid(), _JavaLineServer, tuple(command))
+    with _kept_lock:
+        server = _kept_servers.get(key)
+        if server is not None and server.running():
+            server.renew(seconds)
+        else:
+            _close_kept_servers()
+            server = _kept_servers[key] = _JavaLineServer(command, cwd, seconds)
+        try:
+            return requests(server)
+        except BaseException:
+            del _kept_servers[key]
+            server.close()
+            raise
 
 
 def _one_line(text: str) -> str:
@@ -750,8 +800,8 @@ def meteor(candidates: Sequence[str], references: Sequence[Sequence[str]]
     Runs ``meteor-1.5.jar`` from pycocoevalcap with the toolkit's options (``-l en -norm``) and
     protocol: one ``SCORE`` line per image returns matching statistics, then one ``EVAL`` line
     with all of them returns the per-image scores and the corpus score (computed from the summed
-    statistics, not the mean of the per-image scores). Raises :class:`MetricUnavailableError`
-    when it cannot run.
+    statistics, not the mean of the per-image scores). The jar is started once per process and
+    kept for the next call. Raises :class:`MetricUnavailableError` when it cannot run.
     """
     java = _java_or_advice("METEOR")
     jar = _toolkit_file("meteor", "meteor-1.5.jar")
@@ -766,9 +816,12 @@ def meteor(candidates: Sequence[str], references: Sequence[Sequence[str]]
     requests = [" ||| ".join(["SCORE", *map(_one_line, refs), hypothesis])
                 for hypothesis, refs in zip(hypotheses, references)]
     seconds = METEOR_SECONDS + METEOR_SECONDS_PER_IMAGE * len(candidates)
-    with _JavaLineServer(command, jar.parent, seconds) as server:
+
+    def score(server: _JavaLineServer) -> list[str]:
         statistics = server.ask(requests, answers=len(requests))
-        results = server.ask([" ||| ".join(["EVAL", *statistics])], answers=len(statistics) + 1)
+        return server.ask([" ||| ".join(["EVAL", *statistics])], answers=len(statistics) + 1)
+
+    results = _ask_kept_server(command, jar.parent, seconds, score)
     try:
         scores = [float(result) for result in results]
     except ValueError:
