@@ -31,7 +31,7 @@ COMMANDS = ("test", "book")
 #: What the README says about each command, and the text that replaces it.
 README_PATTERNS = {
     "test": (re.compile(r"`make test`: [^|]*?(?= \|)"), "`make test`: {duration} ({where})"),
-    "book": (re.compile(r"`make book` from a fresh clone: [^|]*?(?= \|)"),
+    "book": (re.compile(r"`make book` from a fresh clone: [^|;]*?(?=;| \|)"),
              "`make book` from a fresh clone: {duration} ({where})"),
     "chapters": (re.compile(r"in the `cpu` profile by `make book`: [^|]*?(?= \|)"),
                  "in the `cpu` profile by `make book`: {chapters}"),

@@ -1,15 +1,11 @@
 """Structure of the chapters and of the HTML book.
 
-The fast tests read the notebooks and the book's configuration; one slow test builds the site
-with ``book/build.sh`` (skip it with ``BOOK_SKIP_SITE=1``).
+These tests read the notebooks and the book's configuration; the built site is tested in
+``tests/test_site.py``.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jupytext
@@ -22,8 +18,6 @@ import utils
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS_DIR = ROOT / "chapters"
 BOOK_DIR = ROOT / "book"
-SITE_DIR = BOOK_DIR / "_build" / "html"
-LOCAL_MATHJAX = BOOK_DIR / "_mathjax" / "mathjax" / "tex-mml-chtml.js"
 
 NOTEBOOKS = sorted(CHAPTERS_DIR.glob("[0-9][0-9]_*.ipynb"))
 MARKDOWN_PAIRS = sorted(CHAPTERS_DIR.glob("[0-9][0-9]_*.md"))
@@ -190,6 +184,55 @@ def test_toc_lists_exactly_the_chapters():
     assert len(files) == len(set(files)), "book/_toc.yml lists a page twice"
 
 
+def glossary_entries() -> list[set[str]]:
+    """The entries of book/glossary.md, each as the set of its names (English and 中文),
+    lower-cased as Sphinx matches them."""
+    text = (BOOK_DIR / "glossary.md").read_text(encoding="utf-8")
+    block = re.search(r"```\{glossary\}\n(.*?)\n```", text, re.DOTALL).group(1)
+    entries, names, defined = [], set(), False
+    for line in block.splitlines():
+        if not line.strip() or line.startswith(":"):
+            continue
+        if line[0].isspace():  # a definition line: the names above it are complete
+            defined = True
+            continue
+        if defined:
+            entries.append(names)
+            names, defined = set(), False
+        names.add(line.strip().lower())
+    entries.append(names)
+    return entries
+
+
+def term_links(text: str) -> list[str]:
+    """The targets of MyST {term} roles: {term}`beam search`, {term}`beams <beam search>`."""
+    return [(target or plain).strip().lower() for plain, target in
+            re.findall(r"\{term\}`([^`<]*?)(?:\s*<([^`>]+)>)?`", text)]
+
+
+def test_term_links_are_read_as_sphinx_reads_them():
+    assert term_links("a {term}`Beam search` and {term}`beams <beam search>`, {term}`束搜索`") == [
+        "beam search", "beam search", "束搜索"]
+
+
+def test_every_glossary_term_is_linked_from_a_chapter_and_every_link_resolves():
+    entries = glossary_entries()
+    names = set().union(*entries)
+    assert len(entries) >= 60 and all(len(entry) >= 2 for entry in entries), (
+        "every glossary entry has an English and a Chinese name")
+    pages = [*sorted(CHAPTERS_DIR.glob("[0-9][0-9]_*.md")), BOOK_DIR / "intro.md",
+             BOOK_DIR / "glossary.md"]
+    used = set()
+    for page in pages:
+        links = term_links(page.read_text(encoding="utf-8"))
+        unknown = sorted(set(links) - names)
+        assert not unknown, f"{page.name} links terms the glossary lacks: {unknown}"
+        if page.name != "glossary.md":
+            used.update(links)
+    unused = [sorted(entry)[0] for entry in entries if not entry & used]
+    assert not unused, f"glossary terms no chapter links to: {unused}"
+
+
 def test_every_reference_is_in_the_bibliography_and_cited():
     bibliography = (BOOK_DIR / "references.bib").read_text(encoding="utf-8")
     keys = set(re.findall(r"@\w+\{([^,\s]+),", bibliography))
@@ -199,42 +242,3 @@ def test_every_reference_is_in_the_bibliography_and_cited():
     expected = set(EXPECTED_CITATIONS)
     assert expected <= keys, f"missing from references.bib: {sorted(expected - keys)}"
     assert expected <= cited, f"not cited in book/intro.md: {sorted(expected - cited)}"
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("BOOK_SKIP_SITE") == "1", reason="BOOK_SKIP_SITE=1")
-def test_site_builds_with_local_mathjax():
-    if shutil.which("npm") is None and not LOCAL_MATHJAX.exists():
-        pytest.skip("npm is not installed and book/_mathjax/ is missing: cannot ship MathJax")
-    result = subprocess.run(
-        ["bash", str(BOOK_DIR / "build.sh")], cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, "PYTHON": sys.executable}, timeout=600,
-    )
-    log = re.sub(r"\x1b\[[0-9;]*m", "", f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    assert result.returncode == 0, f"book/build.sh failed:\n{log}"
-    assert "WARNING: no local MathJax" not in result.stderr, result.stderr
-
-    index = SITE_DIR / "index.html"
-    assert index.exists()
-    redirect = re.search(r'url=([^"]+)"', index.read_text(encoding="utf-8"))
-    if redirect:  # the root page is book/intro, index.html points at it
-        target = redirect.group(1)
-        assert (SITE_DIR / target).exists(), f"index.html redirects to a missing {target}"
-
-    pages = [SITE_DIR / f"{file}.html" for file in toc_files()]
-    missing = [str(page.relative_to(SITE_DIR)) for page in pages if not page.exists()]
-    assert not missing, f"pages not built: {missing}"
-
-    static = SITE_DIR / "_static" / "mathjax"
-    assert (static / "tex-mml-chtml.js").exists()
-    fonts = list((static / "output" / "chtml" / "fonts").rglob("*.woff"))
-    assert fonts, "the MathJax fonts were not shipped"
-    pages_with_mathjax = []
-    for page in sorted(SITE_DIR.rglob("*.html")):
-        html = page.read_text(encoding="utf-8")
-        scripts = re.findall(r'<script[^>]*src="([^"]*mathjax[^"]*)"', html, flags=re.IGNORECASE)
-        remote = [src for src in scripts if re.match(r"(https?:)?//", src)]
-        assert not remote, f"{page.relative_to(SITE_DIR)} loads MathJax from the network: {remote}"
-        if any("_static/mathjax/tex-mml-chtml.js" in src for src in scripts):
-            pages_with_mathjax.append(page.name)
-    assert "04_math.html" in pages_with_mathjax, "chapter 4 does not load the local MathJax"

@@ -1,8 +1,7 @@
 """The published book as a reader's browser shows it, and its glossary.
 
-The site is built once per session with ``book/build.sh`` (or the build that
-``tests/test_book.py::test_site_builds_with_local_mathjax`` made earlier in the same session is
-reused), then every page of the table of contents is opened once in headless Chromium
+The site is built once per session with ``book/build.sh`` (a build made earlier in the same
+session from the current sources is reused), then every page of the table of contents is opened once in headless Chromium
 (``book/browser_check.py`` holds the checks). ``BOOK_SKIP_SITE=1`` skips everything that needs
 the build; without Chromium (Debian's ``chromium`` package, installed by ``make system-deps``)
 the browser tests skip and say so.
@@ -84,7 +83,12 @@ def site() -> Path:
         )
         log = re.sub(r"\x1b\[[0-9;]*m", "", f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
         assert result.returncode == 0, f"book/build.sh failed:\n{log}"
+        BUILD_STDERR.append(result.stderr)
     return SITE_DIR
+
+
+#: What book/build.sh wrote on stderr, when the fixture ran it in this session.
+BUILD_STDERR: list[str] = []
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +100,35 @@ def rendered(site: Path) -> dict:
     names = [name for name in browser_check.toc_pages(site) if (site / name).exists()]
     screenshots = browser_check.screenshot_targets(names, site)
     return browser_check.render_all(CHROMIUM, site, names, screenshots)
+
+
+def test_site_builds_with_local_mathjax(site: Path):
+    """Every page of the table of contents is built, and MathJax is shipped with the site and
+    loaded from it (the book is read offline)."""
+    assert not any("WARNING: no local MathJax" in log for log in BUILD_STDERR), BUILD_STDERR
+    index = site / "index.html"
+    assert index.exists()
+    redirect = re.search(r'url=([^"]+)"', index.read_text(encoding="utf-8"))
+    if redirect:  # the root page is book/intro, index.html points at it
+        target = redirect.group(1)
+        assert (site / target).exists(), f"index.html redirects to a missing {target}"
+
+    missing = [name for name in browser_check.toc_pages(site) if not (site / name).exists()]
+    assert not missing, f"pages not built: {missing}"
+
+    static = site / "_static" / "mathjax"
+    assert (static / "tex-mml-chtml.js").exists()
+    fonts = list((static / "output" / "chtml" / "fonts").rglob("*.woff"))
+    assert fonts, "the MathJax fonts were not shipped"
+    pages_with_mathjax = []
+    for page in sorted(site.rglob("*.html")):
+        html = page.read_text(encoding="utf-8")
+        scripts = re.findall(r'<script[^>]*src="([^"]*mathjax[^"]*)"', html, flags=re.IGNORECASE)
+        remote = [src for src in scripts if re.match(r"(https?:)?//", src)]
+        assert not remote, f"{page.relative_to(site)} loads MathJax from the network: {remote}"
+        if any("_static/mathjax/tex-mml-chtml.js" in src for src in scripts):
+            pages_with_mathjax.append(page.name)
+    assert "04_math.html" in pages_with_mathjax, "chapter 4 does not load the local MathJax"
 
 
 def _report(problems: list[str]) -> str:
