@@ -14,7 +14,8 @@ BOOK_PROFILE ?= auto
 # Executing one chapter may take this long before it is stopped (seconds).
 CHAPTER_TIMEOUT ?= 3600
 
-.PHONY: venv system-deps test unit notebooks book execute site sync code clean bench mutation
+.PHONY: venv system-deps test unit notebooks book execute site sync code clean bench mutation \
+	repository lint
 
 # The virtual environment is rebuilt when the pins change.
 $(STAMP): requirements.txt pyproject.toml
@@ -93,6 +94,17 @@ sync: $(STAMP)
 # Copy the chapters' #@save cells into utils/ (book/chapter_code.py; after `make sync`).
 code: sync
 	$(PY) book/chapter_code.py --write
+
+# Code lines of the chapters wider than the site's code column (chapters/ruff.toml); the same
+# check runs in `make test` (tests/test_book.py).
+lint: $(DEV_STAMP)
+	$(PY) -m jupytext --sync $(CHAPTERS) >/dev/null
+	$(VENV)/bin/ruff check --select E501 chapters
+
+# Move the book to its published repository: `make repository URL=https://github.com/OWNER/NAME`
+# rewrites book/_config.yml and every badge, Setup cell and link derived from it.
+repository: $(STAMP)
+	$(PY) book/repository.py --set "$(URL)"
 
 clean:
 	rm -rf book/_build runs mutants

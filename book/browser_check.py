@@ -64,10 +64,23 @@ _PROBE = """
       return {src: img.getAttribute("src"), url: img.currentSrc || img.src,
               complete: img.complete, naturalWidth: img.naturalWidth};
     });
+    // Code cells wider than the code column (the reader would have to scroll sideways).
+    var wide = Array.prototype.filter.call(
+      document.querySelectorAll(".cell_input pre"),
+      function (pre) { return pre.scrollWidth > pre.clientWidth + 1; }
+    ).map(function (pre) {
+      var longest = pre.textContent.split("\n").reduce(function (a, b) {
+        return b.length > a.length ? b : a; }, "");
+      return {scrollWidth: pre.scrollWidth, clientWidth: pre.clientWidth, line: longest};
+    });
+    var columns = Array.prototype.map.call(
+      document.querySelectorAll(".cell_input pre"),
+      function (pre) { return pre.clientWidth; });
     var out = document.createElement("script");
     out.type = "application/json";
     out.id = "browser-check-report";
-    out.textContent = JSON.stringify({mathjax: mathjax, images: images});
+    out.textContent = JSON.stringify({mathjax: mathjax, images: images, wide_code: wide,
+                                      code_column_px: columns.length ? Math.min.apply(null, columns) : null});
     document.body.appendChild(out);
   }
   window.addEventListener("load", function () {
@@ -151,11 +164,12 @@ def render(chromium: str, site_dir: Path, name: str, screenshot: Path | None = N
     instrumented = re.sub(r"<head([^>]*)>", lambda m: f"<head{m.group(1)}>{base}", built_html,
                           count=1)
     instrumented = instrumented.replace("</body>", f"{_PROBE}</body>", 1)
-    args = [f"--virtual-time-budget={VIRTUAL_TIME_MS}"]
+    # A laptop's window: the layout (sidebars, code column) a reader most often sees.
+    args = [f"--virtual-time-budget={VIRTUAL_TIME_MS}", "--window-size=1280,2000"]
     if screenshot is not None:
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         screenshot.unlink(missing_ok=True)
-        args += ["--window-size=1280,2000", f"--screenshot={screenshot.resolve()}"]
+        args += [f"--screenshot={screenshot.resolve()}"]
     with tempfile.TemporaryDirectory(prefix="browser-check-page-") as folder:
         copy = Path(folder) / page.name
         copy.write_text(instrumented, encoding="utf-8")
@@ -234,10 +248,8 @@ def math_problems(page: RenderedPage) -> list[str]:
 
 
 def image_problems(page: RenderedPage, site_dir: Path) -> list[str]:
-    """Local images that are missing from the build or that the browser could not decode.
-
-    Remote images (the Colab badge) cannot load offline and are not checked.
-    """
+    """Images that would not show offline: loaded from the web (the site ships every image it
+    shows, the Colab badge included), missing from the build, or not decodable."""
     if page.report is None:
         return [f"{page.name}: the page never finished loading, its images are unchecked"]
     problems = []
@@ -246,7 +258,8 @@ def image_problems(page: RenderedPage, site_dir: Path) -> list[str]:
         src = image["src"] or ""
         if src.startswith("//") or (_URL_SCHEME.match(src)
                                     and not src.startswith(("data:", "file:"))):
-            continue  # remote
+            problems.append(f"{page.name}: <img src={src!r}> loads from the web")
+            continue
         if not src.startswith("data:"):
             target = folder / unquote(urlsplit(src).path)
             if not target.is_file():
@@ -255,6 +268,15 @@ def image_problems(page: RenderedPage, site_dir: Path) -> list[str]:
         if not image["complete"] or image["naturalWidth"] == 0:
             problems.append(f"{page.name}: <img src={src!r}> did not load in the browser")
     return problems
+
+
+def code_width_problems(page: RenderedPage) -> list[str]:
+    """Code cells wider than the page's code column, in a 1280-pixel-wide window."""
+    if page.report is None:
+        return [f"{page.name}: the page never finished loading, its code is unchecked"]
+    return [f"{page.name}: a code cell is {block['scrollWidth']} px wide in a "
+            f"{block['clientWidth']} px column; its longest line: {block['line'][:70]!r}"
+            for block in page.report.get("wide_code", [])]
 
 
 def output_problems(page: RenderedPage) -> list[str]:
@@ -323,7 +345,7 @@ def main(argv: list[str]) -> int:
         screenshots = screenshot_targets(names, site_dir)
         for page in render_all(chromium, site_dir, names, screenshots).values():
             problems += math_problems(page) + image_problems(page, site_dir)
-            problems += output_problems(page)
+            problems += output_problems(page) + code_width_problems(page)
         for path in screenshots.values():
             print(f"screenshot: {path}")
     for problem in problems:

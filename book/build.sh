@@ -9,6 +9,8 @@
 #    the MathJax CDN, and says so.
 # 2. jupyter-book builds the repository root with book/_config.yml and book/_toc.yml, from
 #    scratch (--all), treating every warning (a broken link, a missing citation) as an error.
+# 3. The chapters' Colab badges load their image from colab.research.google.com; in the built
+#    pages they load the copy in book/_static/ instead, so the site shows them offline too.
 set -euo pipefail
 
 PYTHON="${PYTHON:-python3}"
@@ -103,4 +105,17 @@ if [[ ! -f "$OUTPUT_DIR/index.html" ]]; then
     echo "build.sh: $OUTPUT_DIR/index.html was not written" >&2
     exit 1
 fi
+"$PYTHON" - "$OUTPUT_DIR" <<'PY'
+import pathlib
+import sys
+
+REMOTE = "https://colab.research.google.com/assets/colab-badge.svg"
+site = pathlib.Path(sys.argv[1])
+assert (site / "_static" / "colab-badge.svg").is_file(), "book/_static/colab-badge.svg not copied"
+for page in site.rglob("*.html"):
+    text = page.read_text(encoding="utf-8")
+    if REMOTE in text:
+        local = "/".join([".."] * (len(page.relative_to(site).parts) - 1) + ["_static/colab-badge.svg"])
+        page.write_text(text.replace(REMOTE, local), encoding="utf-8")
+PY
 echo "build.sh: built $OUTPUT_DIR/index.html in $((SECONDS - start)) s"

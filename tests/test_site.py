@@ -60,6 +60,7 @@ REQUIRED_TERMS = (
 def _sources() -> list[Path]:
     """What the site is built from: a build older than any of these is stale."""
     return [*BOOK_DIR.glob("*.md"), *BOOK_DIR.glob("*.yml"), *BOOK_DIR.glob("*.bib"),
+            *(BOOK_DIR / "_static").glob("*"), BOOK_DIR / "build.sh",
             *(ROOT / "chapters").glob("*.ipynb"), *(ROOT / "chapters" / "figures").glob("*")]
 
 
@@ -215,7 +216,8 @@ def test_the_checks_catch_a_broken_page(tmp_path):
 
     images = browser_check.image_problems(page, tmp_path)
     flagged = sorted(re.findall(r"src='([^']+)'", " ".join(images)))
-    assert flagged == ["corrupt.png", "data:image/png;base64,AAAA", "missing.png"], images
+    assert flagged == ["corrupt.png", "data:image/png;base64,AAAA",
+                       "https://example.org/badge.svg", "missing.png"], images
 
     links = browser_check.link_problems(tmp_path)
     assert len(links) == 3, links  # missing.png, page.html#nowhere, other.html
@@ -246,8 +248,16 @@ def test_math_is_typeset_by_the_local_mathjax(rendered):
 
 
 @needs_chromium
-def test_every_local_image_loads(rendered, site):
+def test_every_image_is_shipped_with_the_site_and_loads(rendered, site):
     problems = [p for page in rendered.values() for p in browser_check.image_problems(page, site)]
+    assert not problems, _report(problems)
+
+
+@needs_chromium
+def test_code_cells_fit_the_code_column(rendered):
+    """No code cell makes the reader scroll sideways in a laptop's window (the source side of
+    this, lines of at most CODE_WIDTH characters, is tests/test_book.py's)."""
+    problems = [p for page in rendered.values() for p in browser_check.code_width_problems(page)]
     assert not problems, _report(problems)
 
 
