@@ -250,3 +250,100 @@ def test_every_reference_is_in_the_bibliography_and_cited():
     expected = set(EXPECTED_CITATIONS)
     assert expected <= keys, f"missing from references.bib: {sorted(expected - keys)}"
     assert expected <= cited, f"not cited in book/intro.md: {sorted(expected - cited)}"
+
+
+# -- every chapter closes the loop: a summary, then exercises with worked answers ----------------
+
+#: The widest code line the site's code column shows without a scroll bar (measured on the built
+#: site by tests/test_site.py); the formatter's setting for the chapters, chapters/ruff.toml,
+#: agrees.
+CODE_WIDTH = 88
+
+
+def chapter_ending(notebook: nbformat.NotebookNode) -> dict:
+    """The chapter's closing sections as a reader meets them: the ``## `` headings in order, the
+    Summary's bullets and, per exercise of the Exercises section, whether a collapsed
+    (``hide-cell``) code cell after its statement works out its answer."""
+    headings, bullets, exercises, section = [], [], [], None
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("## "):
+                    section = line[3:].strip()
+                    headings.append(section)
+                elif section == "Summary" and line.startswith("- "):
+                    bullets.append(line[2:])
+                elif section == "Exercises" and (found := re.match(r"\*\*(\d+)\. ", line)):
+                    exercises.append({"number": int(found[1]), "answered": False})
+        elif (section == "Exercises" and exercises
+              and "hide-cell" in cell.metadata.get("tags", [])):
+            exercises[-1]["answered"] = exercises[-1]["answered"] or "assert" in cell.source
+    return {"headings": headings, "bullets": bullets, "exercises": exercises}
+
+
+def ending_defects(notebook: nbformat.NotebookNode) -> list[str]:
+    ending = chapter_ending(notebook)
+    defects = []
+    if ending["headings"][-2:] != ["Summary", "Exercises"]:
+        defects.append(f"the last sections must be Summary, Exercises; they are "
+                       f"{ending['headings'][-2:]}")
+    if not 5 <= len(ending["bullets"]) <= 8:
+        defects.append(f"the Summary has {len(ending['bullets'])} bullets, not 5 to 8")
+    numbers = [exercise["number"] for exercise in ending["exercises"]]
+    if not 4 <= len(numbers) <= 8 or numbers != list(range(1, len(numbers) + 1)):
+        defects.append(f"the Exercises are numbered {numbers}, not 1, 2, ... (4 to 8 of them)")
+    answered = sum(exercise["answered"] for exercise in ending["exercises"])
+    if 2 * answered < len(numbers):
+        defects.append(f"only {answered} of {len(numbers)} exercises have a worked answer (a "
+                       f"hide-cell code cell that asserts its result)")
+    return defects
+
+
+def test_ending_defects_are_found():
+    def notebook(*cells):
+        return nbformat.v4.new_notebook(cells=list(cells))
+
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+
+    def answer():
+        return code("assert 1 + 1 == 2", metadata={"tags": ["hide-cell"]})
+
+    summary = md("## Summary\n\n" + "\n".join(f"- point {i}\n  more" for i in range(5)))
+    exercises = md("## Exercises\n\n**1. One.** Do it.")
+    summary_again, exercises_again = md(summary.source), md(exercises.source)
+    good = notebook(md("## 1.1 Text"), summary, exercises, answer(),
+                    md("**2. Two.** Do it.\n\n**3. Three.** And this."), answer(),
+                    md("**4. Four.** A project."))
+    assert ending_defects(good) == []
+    no_assert = code("print(2)", metadata={"tags": ["hide-cell"]})
+    shown = code("assert True")
+    weak = notebook(summary, exercises, no_assert, md("**2. Two.**\n\n**3. Three.**"), shown,
+                    md("**4. Four.**"), answer())
+    assert any("only 1 of 4" in defect for defect in ending_defects(weak))
+    assert any("Summary, Exercises" in defect
+               for defect in ending_defects(notebook(exercises_again, summary_again)))
+    short = notebook(md("## Summary\n\n- one"), md("## Exercises\n\n**1. A.**\n\n**3. B.**"))
+    assert len(ending_defects(short)) == 3
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_chapter_ends_with_a_summary_and_exercises_with_worked_answers(path):
+    defects = ending_defects(nbformat.read(path, as_version=4))
+    assert not defects, f"{path.name}: " + "; ".join(defects)
+
+
+def test_the_formatter_wraps_code_at_the_width_the_site_shows():
+    setting = (CHAPTERS_DIR / "ruff.toml").read_text(encoding="utf-8")
+    assert re.search(rf"^line-length = {CODE_WIDTH}$", setting, re.MULTILINE), (
+        f"chapters/ruff.toml: line-length must be {CODE_WIDTH}, the code column's width")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_code_cells_fit_the_sites_code_column(path):
+    notebook = nbformat.read(path, as_version=4)
+    wide = [f"cell {index}: {line.strip()[:50]}... ({len(line)} characters)"
+            for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"
+            for line in cell.source.splitlines() if len(line) > CODE_WIDTH]
+    assert not wide, (f"{path.name}: {len(wide)} code lines are wider than {CODE_WIDTH} "
+                      f"characters, the site's code column (wrap them in the .md):\n"
+                      + "\n".join(wide))

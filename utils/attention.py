@@ -16,10 +16,11 @@ serializable = keras.saving.register_keras_serializable(package="image_understan
 
 # >>> chapters/05_implementation.ipynb, section 5.5: edit it there, then `make code`
 class RegionAttention(keras.layers.Layer):
-    """What every scoring shares: softmax weights over the regions and their weighted mean.
+    """What every scoring shares: softmax weights over the regions and their weighted
+    mean.
 
-    Subclasses give ``project_keys`` (once per image: the regions do not change while the
-    caption is written) and ``scores`` (one number per region, at every step).
+    Subclasses give ``project_keys`` (once per image: the regions do not change while
+    the caption is written) and ``scores`` (one number per region, at every step).
     """
 
     def __init__(self, units, **kwargs):
@@ -27,13 +28,16 @@ class RegionAttention(keras.layers.Layer):
         self.units = units
 
     def call(self, projected_keys, regions, query, return_scores=False):
-        """The context ``[B, D]`` and the weights ``[B, R]`` for ``query [B, Q]`` (and, with
-        ``return_scores``, the scores ``[B, R]`` that the weights are the softmax of)."""
-        # Scores and weights stay float32 under mixed precision: a float16 softmax over many
-        # regions loses the small weights. (Softmax over the last axis also compiles under XLA.)
+        """The context ``[B, D]`` and the weights ``[B, R]`` for ``query [B, Q]`` (and,
+        with ``return_scores``, the scores ``[B, R]`` that the weights are the softmax
+        of)."""
+        # Scores and weights stay float32 under mixed precision: a float16 softmax over
+        # many regions loses the small weights. (Softmax over the last axis also
+        # compiles under XLA.)
         scores = ops.cast(self.scores(projected_keys, query), "float32")
         weights = ops.softmax(scores, axis=-1)
-        context = ops.sum(ops.cast(weights, regions.dtype)[:, :, None] * regions, axis=1)
+        context = ops.sum(ops.cast(weights, regions.dtype)[:, :, None] * regions,
+                          axis=1)
         return (context, weights, scores) if return_scores else (context, weights)
 
     def get_config(self):
@@ -65,10 +69,10 @@ class AdditiveAttention(RegionAttention):
 class DotProductAttention(RegionAttention):
     """Scaled dot-product scoring ``e_i = (W_q q) . (W_k a_i) / sqrt(units)``.
 
-    That is the bilinear score ``q^T W a_i`` with ``W = W_q^T W_k`` of rank ``units``; keeping
-    the two factors lets ``W_k a_i`` be computed once per image, as in the additive form.
-    Dividing by ``sqrt(units)`` keeps the spread of the scores, and so the sharpness of the
-    softmax, independent of the width.
+    That is the bilinear score ``q^T W a_i`` with ``W = W_q^T W_k`` of rank ``units``;
+    keeping the two factors lets ``W_k a_i`` be computed once per image, as in the
+    additive form. Dividing by ``sqrt(units)`` keeps the spread of the scores, and so
+    the sharpness of the softmax, independent of the width.
     """
 
     def __init__(self, units, **kwargs):

@@ -192,9 +192,11 @@ def _keras_cache_folder() -> pathlib.Path:
 class PositionedRegions(keras.layers.Layer):
     """What the two backbone encoders share: a ReLU projection of ``[B, R, C]`` backbone
     features to ``[B, R, dim]``, dropout, and a learned position embedding per region (a
-    backbone's features say *what* is in a cell much more clearly than *where* the cell is)."""
+    backbone's features say *what* is in a cell much more clearly than *where* the cell
+    is)."""
 
-    trains_batch_norm = False  # no batch normalisation, or (backbones) in inference mode
+    # no batch normalisation, or (backbones) in inference mode
+    trains_batch_norm = False
 
     def __init__(self, dim, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -203,8 +205,8 @@ class PositionedRegions(keras.layers.Layer):
         self.dropout = layers.Dropout(dropout)
 
     def add_position(self, regions_count):
-        self.position = self.add_weight(shape=(regions_count, self.dim), initializer="zeros",
-                                        name="position")
+        self.position = self.add_weight(shape=(regions_count, self.dim),
+                                        initializer="zeros", name="position")
 
     def positioned(self, features, training):
         regions = self.dropout(self.project(features), training=training)
@@ -217,9 +219,9 @@ class PositionedRegions(keras.layers.Layer):
 @serializable
 class FeatureEncoder(PositionedRegions):
     """Features cached ahead of training (:class:`utils.features.FeatureCache`),
-    ``float[B, R, C]`` (float16 on disk), -> ``[B, R, dim]``. The backbone never runs while
-    training, which is what makes an ImageNet backbone affordable: InceptionV3 costs far more
-    than the whole decoder."""
+    ``float[B, R, C]`` (float16 on disk), -> ``[B, R, dim]``. The backbone never runs
+    while training, which is what makes an ImageNet backbone affordable: InceptionV3
+    costs far more than the whole decoder."""
 
     def build(self, input_shape):
         self.add_position(input_shape[1])
@@ -230,19 +232,20 @@ class FeatureEncoder(PositionedRegions):
 
 @serializable
 class BackboneEncoder(PositionedRegions):
-    """A backbone run inside the captioner, so that its last ``trainable_layers`` layers can be
-    fine-tuned with the decoder: ``uint8[B, S, S, 3]`` -> ``[B, R, dim]``.
+    """A backbone run inside the captioner, so that its last ``trainable_layers`` layers
+    can be fine-tuned with the decoder: ``uint8[B, S, S, 3]`` -> ``[B, R, dim]``.
 
-    Batch normalisation inside the backbone always runs in inference mode: its statistics were
-    estimated on ImageNet, and re-estimating them from small captioning batches hurts. The
-    fine-tuned layers learn at ``learning_rate_factor`` times the decoder's rate
-    (:class:`FineTuningAdam`): they start from good values that a full-size step would wreck.
-    ``weights`` is what the backbone starts from (``"imagenet"``, ``None``, a file); a saved
-    captioner holds the backbone's weights itself, so it is reloaded with ``weights=None``.
+    Batch normalisation inside the backbone always runs in inference mode: its
+    statistics were estimated on ImageNet, and re-estimating them from small captioning
+    batches hurts. The fine-tuned layers learn at ``learning_rate_factor`` times the
+    decoder's rate (:class:`FineTuningAdam`): they start from good values that a
+    full-size step would wreck. ``weights`` is what the backbone starts from
+    (``"imagenet"``, ``None``, a file); a saved captioner holds the backbone's weights
+    itself, so it is reloaded with ``weights=None``.
     """
 
-    def __init__(self, backbone, dim, dropout=0.0, trainable_layers=0, weights="imagenet",
-                 learning_rate_factor=0.1, **kwargs):
+    def __init__(self, backbone, dim, dropout=0.0, trainable_layers=0,
+                 weights="imagenet", learning_rate_factor=0.1, **kwargs):
         super().__init__(dim, dropout, **kwargs)
         self.backbone_name, self.trainable_layers = backbone, trainable_layers
         self.learning_rate_factor = learning_rate_factor
@@ -257,7 +260,8 @@ class BackboneEncoder(PositionedRegions):
         self.add_position(self.grid[0] * self.grid[1])
 
     def call(self, images, training=False):
-        features = self.backbone(images, training=False)  # batch normalisation: inference mode
+        # batch normalisation: inference mode
+        features = self.backbone(images, training=False)
         return self.positioned(features, training)
 
     def get_config(self):
@@ -268,11 +272,13 @@ class BackboneEncoder(PositionedRegions):
 
 @serializable
 class FineTuningAdam(keras.optimizers.Adam):
-    """Adam with a second, lower learning rate for some variables (a fine-tuned backbone).
+    """Adam with a second, lower learning rate for some variables (a fine-tuned
+    backbone).
 
-    Scaling those variables' gradients would not do it: Adam divides each gradient by its own
-    running size, so the step length is set by the learning rate alone. ``slow_factor``
-    multiplies the learning rate of the variables given to :meth:`set_slow_variables`.
+    Scaling those variables' gradients would not do it: Adam divides each gradient by
+    its own running size, so the step length is set by the learning rate alone.
+    ``slow_factor`` multiplies the learning rate of the variables given to
+    :meth:`set_slow_variables`.
     """
 
     def __init__(self, learning_rate=1e-3, slow_factor=0.1, **kwargs):
@@ -300,7 +306,8 @@ def make_optimizer(model, learning_rate, **kwargs):
     encoder = model.encoder
     if not isinstance(encoder, BackboneEncoder) or not encoder.trainable_layers:
         return keras.optimizers.Adam(learning_rate, **kwargs)
-    optimizer = FineTuningAdam(learning_rate, slow_factor=encoder.learning_rate_factor, **kwargs)
+    optimizer = FineTuningAdam(learning_rate, slow_factor=encoder.learning_rate_factor,
+                               **kwargs)
     optimizer.set_slow_variables(encoder.backbone.trainable_variables)
     return optimizer
 # <<< chapters/05_implementation.ipynb

@@ -25,8 +25,9 @@ serializable = keras.saving.register_keras_serializable(package="image_understan
 
 # >>> chapters/05_implementation.ipynb, section 5.6: edit it there, then `make code`
 class DecoderOutput(NamedTuple):
-    """What teacher forcing returns: ``logits [B, T, V]``, attention ``weights [B, T, R]`` and,
-    for hard attention while training, the regions it sampled (``None`` otherwise)."""
+    """What teacher forcing returns: ``logits [B, T, V]``, attention
+    ``weights [B, T, R]`` and, for hard attention while training, the regions it sampled
+    (``None`` otherwise)."""
 
     logits: Any
     weights: Any
@@ -34,44 +35,52 @@ class DecoderOutput(NamedTuple):
 
 
 class CaptionDecoder(keras.layers.Layer):
-    """The step loop every decoder shares. A decoder gives ``initial_state`` and ``decoder_step``
-    and owns ``self.logits``, the output layer from its features to ``[.., V]`` word scores."""
+    """The step loop every decoder shares. A decoder gives ``initial_state`` and
+    ``decoder_step`` and owns ``self.logits``, the output layer from its features to
+    ``[.., V]`` word scores."""
 
     def initial_state(self, regions):
-        """The state before ``<start>``: a tuple of tensors whose first axis is ``B``."""
+        """The state before ``<start>``: a tuple of tensors whose first axis is
+        ``B``."""
         raise NotImplementedError
 
     def decoder_step(self, tokens, state, training):
-        """One step up to the output layer: ``(features [B, F], new_state, weights [B, R],
-        glimpse)``; the glimpse is ``None`` except for hard attention while training."""
+        """One step up to the output layer: ``(features [B, F], new_state,
+        weights [B, R], glimpse)``; the glimpse is ``None`` except for hard attention
+        while training."""
         raise NotImplementedError
 
     def step(self, tokens, state, training=False):
-        """Feed ``int[B]`` tokens; return ``logits [B, V]``, the new state, ``weights [B, R]``."""
+        """Feed ``int[B]`` tokens; return ``logits [B, V]``, the new state,
+        ``weights [B, R]``."""
         features, state, weights, _ = self.decoder_step(tokens, state, training)
         return self.logits(features), state, weights
 
     def teacher_force(self, regions, tokens, training=False):
-        """Feed every position of ``tokens [B, T]`` (``<start>`` first) in turn, whatever the
-        decoder predicted: the loop is unrolled, ``T`` is small and fixed. The output layer,
-        the largest matrix product when the vocabulary is large, runs once on all ``B x T``
-        positions after the loop rather than ``T`` times inside it; the result is the same."""
+        """Feed every position of ``tokens [B, T]`` (``<start>`` first) in turn,
+        whatever the decoder predicted: the loop is unrolled, ``T`` is small and fixed.
+        The output layer, the largest matrix product when the vocabulary is large, runs
+        once on all ``B x T`` positions after the loop rather than ``T`` times inside
+        it; the result is the same."""
         state = self.initial_state(regions)
         all_features, all_weights, glimpses = [], [], []
         for t in range(tokens.shape[1]):
-            features, state, weights, glimpse = self.decoder_step(tokens[:, t], state, training)
+            features, state, weights, glimpse = self.decoder_step(tokens[:, t], state,
+                                                                  training)
             all_features.append(features)
             all_weights.append(weights)
             glimpses.append(glimpse)
         if glimpses[0] is not None:  # one named tuple of [B, T] tensors from T of [B]
-            glimpses = type(glimpses[0])(*(ops.stack(field, axis=1) for field in zip(*glimpses)))
+            glimpses = type(glimpses[0])(*(ops.stack(field, axis=1)
+                                           for field in zip(*glimpses)))
         else:
             glimpses = None
         logits = self.logits(ops.stack(all_features, axis=1))
         return DecoderOutput(logits, ops.stack(all_weights, axis=1), glimpses)
 
     def call(self, regions, tokens, training=False):
-        """Teacher forcing: ``tokens [B, T]`` -> ``logits [B, T, V]``, ``weights [B, T, R]``."""
+        """Teacher forcing: ``tokens [B, T]`` -> ``logits [B, T, V]``,
+        ``weights [B, T, R]``."""
         output = self.teacher_force(regions, tokens, training=training)
         return output.logits, output.weights
 # <<< chapters/05_implementation.ipynb
@@ -82,12 +91,13 @@ class CaptionDecoder(keras.layers.Layer):
 class AttentionDecoder(CaptionDecoder):
     """One LSTM step per word, attending softly over the regions before each word.
 
-    The attention query is the previous hidden state *and* the embedding of the word just
-    emitted: after "red" the decoder must look for the red object, and the hidden state alone
-    carries that only weakly. The next word is predicted from ``[h, context, word]`` (a "deep
-    output", as in Show, Attend and Tell). With ``gate``, the context is scaled by
-    ``beta_t = sigmoid(f_beta(h_{t-1}))``, so that the decoder can lean on the image less for
-    words such as "a" or "of" (Xu et al., section 4.2.1).
+    The attention query is the previous hidden state *and* the embedding of the word
+    just emitted: after "red" the decoder must look for the red object, and the hidden
+    state alone carries that only weakly. The next word is predicted from
+    ``[h, context, word]`` (a "deep output", as in Show, Attend and Tell). With
+    ``gate``, the context is scaled by ``beta_t = sigmoid(f_beta(h_{t-1}))``, so that
+    the decoder can lean on the image less for words such as "a" or "of"
+    (Xu et al., section 4.2.1).
     """
 
     def __init__(self, vocab_size, embed_dim, units, attention_units, dropout=0.0,
@@ -103,20 +113,22 @@ class AttentionDecoder(CaptionDecoder):
         self.init_h = layers.Dense(units, activation="tanh")
         self.init_c = layers.Dense(units, activation="tanh")
         self.dropout = layers.Dropout(dropout)
-        # float32 logits under mixed precision too: the softmax and the loss need the range.
+        # float32 logits under mixed precision too: the softmax and the loss need the
+        # range.
         self.logits = layers.Dense(vocab_size, dtype="float32")
-        # Created last: layers draw their initial weights in the order they are created, so
-        # turning the gate on leaves the other layers' starting weights as they were.
+        # Created last: layers draw their initial weights in the order they are created,
+        # so turning the gate on leaves the other layers' starting weights as they were.
         self.gate = layers.Dense(1, activation="sigmoid") if gate else None
 
     def initial_state(self, regions):
         """``(h, c, projected_keys, regions)``; h and c start from the mean region."""
         mean = ops.mean(regions, axis=1)
-        return (self.init_h(mean), self.init_c(mean), self.attention.project_keys(regions),
-                regions)
+        return (self.init_h(mean), self.init_c(mean),
+                self.attention.project_keys(regions), regions)
 
     def look(self, keys, regions, query, training):
-        """The context ``[B, D]`` for this step, the weights ``[B, R]``, and no glimpse."""
+        """The context ``[B, D]`` for this step, the weights ``[B, R]``, and no
+        glimpse."""
         context, weights = self.attention(keys, regions, query)
         return context, weights, None
 
@@ -124,7 +136,8 @@ class AttentionDecoder(CaptionDecoder):
         h, c, keys, regions = state
         word = self.embedding(tokens)
         context, weights, glimpse = self.look(keys, regions,
-                                              ops.concatenate([h, word], axis=-1), training)
+                                              ops.concatenate([h, word], axis=-1),
+                                              training)
         if self.gate is not None:
             context = self.gate(h) * context
         output, (h, c) = self.cell(ops.concatenate([word, context], axis=-1), [h, c],
@@ -144,11 +157,12 @@ class AttentionDecoder(CaptionDecoder):
 # >>> chapters/05_implementation.ipynb, section 5.15: edit it there, then `make code`
 @serializable
 class ShowAndTellDecoder(CaptionDecoder):
-    """The attention-free baseline of Show and Tell (Vinyals et al.): the image, summarised as
-    its mean region, sets the LSTM's initial state and is never looked at again.
+    """The attention-free baseline of Show and Tell (Vinyals et al.): the image,
+    summarised as its mean region, sets the LSTM's initial state and is never looked at
+    again.
 
-    So that it fits the shared interface, its ``weights`` are uniform over the regions (``1/R``
-    each): "looking everywhere equally", which is what a plain mean is.
+    So that it fits the shared interface, its ``weights`` are uniform over the regions
+    (``1/R`` each): "looking everywhere equally", which is what a plain mean is.
     """
 
     def __init__(self, vocab_size, embed_dim, units, dropout=0.0, **kwargs):
@@ -172,19 +186,21 @@ class ShowAndTellDecoder(CaptionDecoder):
         h, c, uniform = state
         word = self.embedding(tokens)
         output, (h, c) = self.cell(word, [h, c], training=training)
-        features = self.dropout(ops.concatenate([output, word], axis=-1), training=training)
+        features = self.dropout(ops.concatenate([output, word], axis=-1),
+                                training=training)
         return features, (h, c, uniform), uniform, None
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size,
-                "embed_dim": self.embed_dim, "units": self.units, "dropout": self.dropout_rate}
+                "embed_dim": self.embed_dim, "units": self.units,
+                "dropout": self.dropout_rate}
 # <<< chapters/05_implementation.ipynb
 
 
 # >>> chapters/05_implementation.ipynb, section 5.15: edit it there, then `make code`
 class Glimpses(NamedTuple):
-    """Where hard attention looked while training: ``[B]`` each for one step, ``[B, T]`` for a
-    teacher-forced caption."""
+    """Where hard attention looked while training: ``[B]`` each for one step, ``[B, T]``
+    for a teacher-forced caption."""
 
     index: Any  # int32: the sampled region
     log_prob: Any  # log alpha of that region, differentiable in the attention's weights
@@ -193,36 +209,43 @@ class Glimpses(NamedTuple):
 
 @serializable
 class HardAttentionDecoder(AttentionDecoder):
-    """Stochastic hard attention (Xu et al., section 4.1): while training, each word sees ONE
-    region, drawn from the attention distribution ``alpha_t``; at test time it sees the expected
-    context ``sum_i alpha_ti a_i``, as in the paper, so that searches stay deterministic.
+    """Stochastic hard attention (Xu et al., section 4.1): while training, each word
+    sees ONE region, drawn from the attention distribution ``alpha_t``; at test time it
+    sees the expected context ``sum_i alpha_ti a_i``, as in the paper, so that searches
+    stay deterministic.
 
-    Sampling is not differentiable: the attention's weights learn from the REINFORCE term of
-    :meth:`reinforce_terms`, built from the :class:`Glimpses` that teacher forcing returns with
-    ``training=True``. ``reward_baseline`` is the moving average of the reward that the term
-    subtracts to lower its variance; ``entropy_bonus`` weighs the attention's entropy in it.
+    Sampling is not differentiable: the attention's weights learn from the REINFORCE
+    term of :meth:`reinforce_terms`, built from the :class:`Glimpses` that teacher
+    forcing returns with ``training=True``. ``reward_baseline`` is the moving average of
+    the reward that the term subtracts to lower its variance; ``entropy_bonus`` weighs
+    the attention's entropy in it.
 
-    ``expected_rate`` is the paper's other variance cut (section 4.1): at that rate a word
-    sees the expected context instead of a sampled region, and its step adds nothing to the
-    REINFORCE term. The rest of the network then also learns from smooth, exact gradients.
+    ``expected_rate`` is the paper's other variance cut (section 4.1): at that rate a
+    word sees the expected context instead of a sampled region, and its step adds
+    nothing to the REINFORCE term. The rest of the network then also learns from smooth,
+    exact gradients.
     """
 
-    #: The REINFORCE baseline follows the mean reward: ``b <- DECAY * b + (1 - DECAY) * r``.
+    #: The REINFORCE baseline follows the mean reward:
+    #: ``b <- DECAY * b + (1 - DECAY) * r``.
     BASELINE_DECAY = 0.9
 
     def __init__(self, vocab_size, embed_dim, units, attention_units, dropout=0.0,
                  scoring="additive", gate=False, seed=None, expected_rate=0.5,
                  entropy_bonus=0.01, **kwargs):
-        super().__init__(vocab_size, embed_dim, units, attention_units, dropout, scoring, gate,
-                         **kwargs)
-        self.seed, self.expected_rate, self.entropy_bonus = seed, expected_rate, entropy_bonus
-        # A seeded generator: the same seed (or keras.utils.set_random_seed) repeats the draws.
+        super().__init__(vocab_size, embed_dim, units, attention_units, dropout,
+                         scoring, gate, **kwargs)
+        self.seed, self.expected_rate, self.entropy_bonus = (seed, expected_rate,
+                                                             entropy_bonus)
+        # A seeded generator: the same seed (or keras.utils.set_random_seed) repeats the
+        # draws.
         self.sampler = keras.random.SeedGenerator(seed)
 
     def build(self, regions_shape):
         # "mean": under a distribution strategy the replicas' updates are averaged.
-        self.reward_baseline = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                               aggregation="mean", name="reward_baseline")
+        self.reward_baseline = self.add_weight(shape=(), initializer="zeros",
+                                               trainable=False, aggregation="mean",
+                                               name="reward_baseline")
 
     def look(self, keys, regions, query, training):
         expected_context, weights, scores = self.attention(keys, regions, query,
@@ -243,11 +266,11 @@ class HardAttentionDecoder(AttentionDecoder):
         return context, weights, glimpse
 
     def reinforce_terms(self, targets, output):
-        """Xu et al.'s eq. 12: the reward is each caption's log-likelihood given the sampled
-        regions, and ``(reward - baseline) * log p(regions)`` is raised, as is the attention's
-        entropy. Returns the surrogate to *minimise* (its value means nothing; its gradient is
-        the REINFORCE estimate) and the rewards ``[B]``. Both terms are normalised per real
-        word, like the cross-entropy."""
+        """Xu et al.'s eq. 12: the reward is each caption's log-likelihood given the
+        sampled regions, and ``(reward - baseline) * log p(regions)`` is raised, as is
+        the attention's entropy. Returns the surrogate to *minimise* (its value means
+        nothing; its gradient is the REINFORCE estimate) and the rewards ``[B]``. Both
+        terms are normalised per real word, like the cross-entropy."""
         mask = real_token_mask(targets, dtype=output.logits.dtype)
         tokens = ops.maximum(ops.sum(mask), 1.0)
         reward = -ops.sum(token_cross_entropy(targets, output.logits) * mask, axis=1)
@@ -264,6 +287,7 @@ class HardAttentionDecoder(AttentionDecoder):
                                     + (1.0 - self.BASELINE_DECAY) * mean_reward)
 
     def get_config(self):
-        return {**super().get_config(), "seed": self.seed, "expected_rate": self.expected_rate,
+        return {**super().get_config(), "seed": self.seed,
+                "expected_rate": self.expected_rate,
                 "entropy_bonus": self.entropy_bonus}
 # <<< chapters/05_implementation.ipynb
