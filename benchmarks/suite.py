@@ -63,7 +63,8 @@ class Sizes:
 
 
 SIZES = {
-    # The Shapes cpu profile (utils.profile): 42 words in its vocabulary, 16 words + 2 markers.
+    # The model of the Shapes cpu profile (utils.profile): 42 words in its vocabulary, 16 words
+    # + 2 markers, timed on batches of 32 (the profile itself trains on batches of 64).
     "shapes-cpu": Sizes("shapes-cpu", "cnn", vocab=42, batch=32, positions=18, words_mean=8,
                         words_sd=3, region_dim=128, embed_dim=64, units=256, attention_units=128,
                         decode_words=17),
