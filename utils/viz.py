@@ -18,8 +18,13 @@ def show_images(pixels: np.ndarray, titles: Sequence[str] = (), columns: int = 4
     """A grid of ``uint8[N, H, W, 3]`` images with wrapped titles (optionally coloured)."""
     count = len(pixels)
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * (size + 0.5)),
-                                squeeze=False)
+    titles = [textwrap.fill(title, 26) for title in titles]
+    # Room above each image for the longest title (8.5-point lines), so that a long caption
+    # never runs into the image above it.
+    lines = max((title.count("\n") + 1 for title in titles), default=1)
+    title_height = max(0.5, 0.17 * lines + 0.15)
+    figure, axes = plt.subplots(rows, columns, squeeze=False,
+                                figsize=(columns * size, rows * (size + title_height)))
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index >= count:
@@ -27,7 +32,7 @@ def show_images(pixels: np.ndarray, titles: Sequence[str] = (), columns: int = 4
         axis.imshow(pixels[index], interpolation="nearest")
         if index < len(titles):
             colour = colours[index] if colours else "black"
-            axis.set_title(textwrap.fill(titles[index], 26), fontsize=8.5, color=colour)
+            axis.set_title(titles[index], fontsize=8.5, color=colour)
     figure.tight_layout()
     return figure
 
