@@ -26,6 +26,9 @@ LABEL_PAIRS: tuple[tuple[str, str], ...] = shapes.SEEN_PAIRS
 #: Training epochs of the recogniser by profile; ``cpu`` reaches a micro F1 near 0.99 on the
 #: Shapes test split in about two minutes on two cores, ``smoke`` only proves the code runs.
 EPOCHS = {"smoke": 2, "cpu": 5, "gpu": 5}
+#: Its batch size by profile: the values those epochs were chosen with (the captioner's
+#: profiles have their own, ``Profile.batch_size``).
+BATCH_SIZE = {"smoke": 16, "cpu": 32, "gpu": 64}
 
 
 def label_names(pairs: Sequence[tuple[str, str]] = LABEL_PAIRS) -> list[str]:
