@@ -69,9 +69,10 @@ _PROBE = """
       document.querySelectorAll(".cell_input pre"),
       function (pre) { return pre.scrollWidth > pre.clientWidth + 1; }
     ).map(function (pre) {
-      var longest = pre.textContent.split("\n").reduce(function (a, b) {
-        return b.length > a.length ? b : a; }, "");
-      return {scrollWidth: pre.scrollWidth, clientWidth: pre.clientWidth, line: longest};
+// its first line, in letters and digits only, to name the cell
+      var first = pre.textContent.split(String.fromCharCode(10))[0];
+      return {scrollWidth: pre.scrollWidth, clientWidth: pre.clientWidth,
+              line: first.replace(/[^A-Za-z0-9_ .(=]/g, " ").slice(0, 60)};
     });
     var columns = Array.prototype.map.call(
       document.querySelectorAll(".cell_input pre"),
@@ -275,7 +276,7 @@ def code_width_problems(page: RenderedPage) -> list[str]:
     if page.report is None:
         return [f"{page.name}: the page never finished loading, its code is unchecked"]
     return [f"{page.name}: a code cell is {block['scrollWidth']} px wide in a "
-            f"{block['clientWidth']} px column; its longest line: {block['line'][:70]!r}"
+            f"{block['clientWidth']} px column; it starts {block['line']!r}"
             for block in page.report.get("wide_code", [])]
 
 
