@@ -95,8 +95,8 @@ sync: $(STAMP)
 code: sync
 	$(PY) book/chapter_code.py --write
 
-# Code lines of the chapters wider than the site's code column (chapters/ruff.toml); the same
-# check runs in `make test` (tests/test_book.py).
+# Code lines of the chapters wider than chapters/ruff.toml allows; the same check runs in
+# `make test` (tests/test_book.py).
 lint: $(DEV_STAMP)
 	$(PY) -m jupytext --sync $(CHAPTERS) >/dev/null
 	$(VENV)/bin/ruff check --select E501 chapters
