@@ -66,7 +66,7 @@ _PROFILES = {
     "cpu": Profile(
         name="cpu", dataset="shapes", num_images=10_000, image_size=64, max_caption_tokens=16,
         embed_dim=64, units=256, attention_units=128, cnn_filters=(32, 64, 128), dropout=0.1,
-        epochs=10, batch_size=64, learning_rate=3e-3, final_learning_rate=1e-4,
+        epochs=8, batch_size=64, learning_rate=3e-3, final_learning_rate=1e-4,
         steps_per_epoch=None, eval_images=300, jit_compile=False,
     ),
     "gpu": Profile(

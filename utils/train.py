@@ -25,6 +25,10 @@ from .text import Vocabulary
 
 RUN_INFO = "run.json"
 
+#: Chapter 5 trains the Show and Tell and hard-attention decoders for this many epochs beside
+#: the soft model (as ``05_<decoder>``) and compares them at this epoch; chapter 6 loads them.
+COMPARISON_EPOCHS = 2
+
 
 #: With ``group_by_length``, examples are sorted by caption length within chunks of this many
 #: batches: long enough that each chunk holds every length, short enough to stay random.
@@ -539,7 +543,7 @@ def train_or_load(profile, run_name: str = "05_implementation", seed: int = 0,
     """A trained Shapes captioner for ``profile``: the one chapter 5 left behind in
     ``runs/<run_name>-<profile>`` if it matches, else a new one trained now. ``options`` go to
     :func:`utils.captioner.captioner_from_profile` (chapter 5 also trains ``decoder="show_and_tell"`` and
-    ``"hard"`` as ``05_<decoder>`` for three epochs). Returns ``(model, vocabulary, splits)``."""
+    ``"hard"`` as ``05_<decoder>`` for :data:`COMPARISON_EPOCHS` epochs). Returns ``(model, vocabulary, splits)``."""
     from .captioner import captioner_from_profile
 
     profile = profile.replace(dataset="shapes")  # as chapter 5 trains it, whatever BOOK_DATASET
