@@ -15,7 +15,7 @@ BOOK_PROFILE ?= auto
 CHAPTER_TIMEOUT ?= 3600
 
 .PHONY: venv system-deps test unit notebooks book execute site sync code clean bench mutation \
-	repository lint
+	repository lint format
 
 # The virtual environment is rebuilt when the pins change.
 $(STAMP): requirements.txt pyproject.toml
@@ -101,10 +101,18 @@ lint: $(DEV_STAMP)
 	$(PY) -m jupytext --sync $(CHAPTERS) >/dev/null
 	$(VENV)/bin/ruff check --select E501 chapters
 
+# Lay out the chapters' code as the formatter writes it (chapters/ruff.toml: the site's code
+# column), then bring the .md files in step. `make test` checks both.
+format: $(DEV_STAMP)
+	$(PY) -m jupytext --sync $(CHAPTERS) >/dev/null
+	$(VENV)/bin/ruff format --config chapters/ruff.toml $(CHAPTERS)
+	$(PY) -m jupytext --sync $(CHAPTERS) >/dev/null
+
 # Move the book to its published repository: `make repository URL=https://github.com/OWNER/NAME`
 # rewrites book/_config.yml and every badge, Setup cell and link derived from it.
-repository: $(STAMP)
+repository: $(DEV_STAMP)
 	$(PY) book/repository.py --set "$(URL)"
+	$(MAKE) format
 
 clean:
 	rm -rf book/_build runs mutants

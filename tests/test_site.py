@@ -254,9 +254,6 @@ def test_every_image_is_shipped_with_the_site_and_loads(rendered, site):
 
 
 @needs_chromium
-@pytest.mark.xfail(reason="measured 2026-12-05: in a 1280-pixel window the code column is 684 px, "
-                          "about 77 characters, so 88-character lines still scroll; the chapters "
-                          "are to be wrapped at 77 (issue 17)", strict=False)
 def test_code_cells_fit_the_code_column(rendered):
     """No code cell makes the reader scroll sideways in a laptop's window (the source side of
     this, lines of at most CODE_WIDTH characters, is tests/test_book.py's)."""

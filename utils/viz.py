@@ -47,13 +47,22 @@ def plot_history(history: dict, keys: Sequence[str] = ("loss", "val_loss"),
             left.plot(epochs, history[key], marker="o", label=key)
     left.set(xlabel="epoch", ylabel="cross-entropy per word", title="Loss")
     left.legend()
+    # CIDEr-D reaches 10 at most, the other scores 1: CIDEr-D gets its own axis on the right,
+    # so that the scores below 1 are not pressed flat.
+    cider = right.twinx() if "val_cider" in score_keys and "val_cider" in history else None
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    lines = []
     for key in score_keys:
         if key in history:
-            right.plot(epochs, history[key], marker="o", label=key)
-    # CIDEr-D reaches 10 at most, the other scores 1: the axis grows with what is plotted.
-    top = max([1.0] + [max(history[key]) * 1.05 for key in score_keys if key in history])
-    right.set(xlabel="epoch", ylim=(0, top), title="Greedy captions on validation images")
-    right.legend()
+            axis = cider if key == "val_cider" and cider is not None else right
+            lines += axis.plot(epochs, history[key], marker="o", label=key, color=next(colours))
+    right.set(xlabel="epoch", ylim=(0, 1.05), ylabel="exact, BLEU-4",
+              title="Greedy captions on validation images")
+    if cider is not None:
+        top = max(1.0, max(history["val_cider"]) * 1.05)
+        cider.set(ylim=(0, top), ylabel="CIDEr-D")
+        cider.grid(False)
+    right.legend(lines, [line.get_label() for line in lines], loc="lower right")
     figure.tight_layout()
     return figure
 
@@ -156,25 +165,27 @@ def show_architecture(columns: dict[str, list[tuple[str, tuple]]]):
     notes = {"encoder grid": "CNN", "regions": "flatten, project", "attention weights":
              "score, softmax", "context": "weighted mean", "LSTM state h, c": "LSTM step",
              "word logits": "dense"}
+    # Boxes left of centre, so that the notes beside the arrows stay clear of the loop's arc.
+    centre = 0.42
     for axis, (title, stages) in zip(axes.flat, columns.items()):
         axis.set(xlim=(0, 1), ylim=(-0.6, len(stages) - 0.2), title=title)
         axis.axis("off")
         for index, (stage, shape) in enumerate(stages):
             y = len(stages) - 1 - index
             looped = stage in ("attention weights", "context", "LSTM state h, c", "word logits")
-            axis.text(0.5, y, f"{stage}\n{' × '.join(str(n) for n in shape)}", ha="center",
-                      va="center", fontsize=10,
+            axis.text(centre, y, f"{stage}\n{' × '.join(str(n) for n in shape)}",
+                      ha="center", va="center", fontsize=10,
                       bbox=dict(boxstyle="round,pad=0.45", linewidth=1,
                                 facecolor="#fde8d7" if looped else "#dceaf7"))
             if index:
-                axis.annotate("", xy=(0.5, y + 0.3), xytext=(0.5, y + 0.7),
+                axis.annotate("", xy=(centre, y + 0.3), xytext=(centre, y + 0.7),
                               arrowprops=dict(arrowstyle="->", linewidth=1))
-                axis.text(0.55, y + 0.5, notes.get(stage, ""), fontsize=8, va="center",
-                          color="0.35")
+                axis.text(centre + 0.05, y + 0.5, notes.get(stage, ""), fontsize=8,
+                          va="center", color="0.35")
         # Each word and the new state h feed the next step's attention: the loop over words.
-        axis.annotate("", xy=(0.84, 3.0), xytext=(0.84, 0.0),
+        axis.annotate("", xy=(0.9, 3.0), xytext=(0.9, 0.0),
                       arrowprops=dict(arrowstyle="->", linestyle="--", color="0.4",
-                                      connectionstyle="arc3,rad=-0.35"))
+                                      connectionstyle="arc3,rad=-0.2"))
         axis.text(1.0, 1.5, "the word and h,\nto the next step", fontsize=8, ha="right",
                   va="center", color="0.35", rotation=90)
     figure.tight_layout()
