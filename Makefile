@@ -91,7 +91,7 @@ mutation: $(DEV_STAMP)
 sync: $(STAMP)
 	$(PY) -m jupytext --sync $(CHAPTERS)
 
-# Copy the chapters' #@save cells into utils/ (book/chapter_code.py; after `make sync`).
+# Copy the chapters' # @save cells into utils/ (book/chapter_code.py; after `make sync`).
 code: sync
 	$(PY) book/chapter_code.py --write
 

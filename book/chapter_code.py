@@ -1,11 +1,11 @@
-"""One source for the model: the chapters' ``#@save`` cells and the blocks of ``utils/`` that copy them.
+"""One source for the model: the chapters' ``# @save`` cells and the blocks of ``utils/`` that copy them.
 
-A chapter code cell whose first line is ``#@save utils/NAME.py`` defines code that the package
+A chapter code cell whose first line is ``# @save utils/NAME.py`` defines code that the package
 holds too (Dive into Deep Learning's ``#@save``). In ``utils/NAME.py`` every such cell appears,
 in chapter order, as a block between two marker lines::
 
     # >>> chapters/05_implementation.ipynb, section 5.4: edit it there, then `make code`
-    <the cell's code, without its #@save line>
+    <the cell's code, without its # @save line>
     # <<< chapters/05_implementation.ipynb
 
 What a module holds before its first block (docstring, imports) and after its last block is its
@@ -25,19 +25,21 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "chapters"
-SAVE = re.compile(r"^#@save\s+(utils/\w+\.py)\s*$")
+#: ``# @save`` as the chapters' formatter writes it (``#@save``, as Dive into Deep Learning
+#: writes it, is read too).
+SAVE = re.compile(r"^#\s*@save\s+(utils/\w+\.py)\s*$")
 BEGIN, END = "# >>> ", "# <<< "
 
 
 @dataclasses.dataclass(frozen=True)
 class SavedCell:
-    """One ``#@save`` cell: where it is and what it holds."""
+    """One ``# @save`` cell: where it is and what it holds."""
 
     notebook: str  # e.g. "chapters/05_implementation.ipynb"
     markdown_line: int  # line of the cell's opening fence in the paired .md (0: not found)
     section: str  # the heading above the cell
     module: str  # e.g. "utils/encoders.py"
-    code: str  # the cell without its #@save line, ending with a newline
+    code: str  # the cell without its # @save line, ending with a newline
 
     @property
     def place(self) -> str:
@@ -67,7 +69,7 @@ def _markdown_cell_lines(notebook: pathlib.Path) -> list[int]:
 
 
 def saved_cells(chapters: pathlib.Path = CHAPTERS) -> list[SavedCell]:
-    """Every ``#@save`` cell of the chapters, in reading order."""
+    """Every ``# @save`` cell of the chapters, in reading order."""
     found = []
     for notebook in sorted(chapters.glob("[0-9][0-9]_*.ipynb")):
         cells = json.loads(notebook.read_text("utf-8"))["cells"]
@@ -159,7 +161,7 @@ def check(root: pathlib.Path = ROOT) -> list[str]:
         module, before = Module.read(root / name), len(problems)
         for index, cell in enumerate(module_cells):
             if index >= len(module.blocks):
-                problems.append(f"{cell.place} is a #@save cell for {name}, which has no block "
+                problems.append(f"{cell.place} is a # @save cell for {name}, which has no block "
                                 f"for it (it has {len(module.blocks)}); run `make code`")
                 continue
             first, last, code = module.blocks[index]
@@ -168,7 +170,7 @@ def check(root: pathlib.Path = ROOT) -> list[str]:
                                 f"{_first_difference(cell.code, code)}. Make them equal (edit the "
                                 "chapter and run `make code` to copy it into utils/)")
         for first, last, _ in module.blocks[len(module_cells):]:
-            problems.append(f"{name} lines {first}-{last} are a chapter block, but no #@save "
+            problems.append(f"{name} lines {first}-{last} are a chapter block, but no # @save "
                             "cell of the chapters stands for it; run `make code`")
         text = (root / name).read_text("utf-8")
         if len(problems) == before and module.written(module_cells) != text:
@@ -178,7 +180,7 @@ def check(root: pathlib.Path = ROOT) -> list[str]:
 
 
 def write(root: pathlib.Path = ROOT) -> list[str]:
-    """Copy every ``#@save`` cell into its module; return the modules that changed."""
+    """Copy every ``# @save`` cell into its module; return the modules that changed."""
     changed = []
     for name, module_cells in _grouped(saved_cells(root / "chapters")).items():
         path = root / name

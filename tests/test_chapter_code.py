@@ -1,6 +1,6 @@
 """The chapters build the captioner in the open, and ``utils/`` holds the very same code.
 
-A chapter cell that starts with ``#@save utils/NAME.py`` is copied into that module by
+A chapter cell that starts with ``# @save utils/NAME.py`` is copied into that module by
 ``make code`` (``book/chapter_code.py``). These tests fail, naming both places, when the two
 differ; and they run chapter 5's cells on their own, as a reader copying them into an empty
 notebook would, to show that they train the captioner without the model code of ``utils/``.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -53,11 +54,11 @@ def _edit_saved_cell(notebook: pathlib.Path, old: str, new: str) -> None:
     book = json.loads(notebook.read_text("utf-8"))
     for cell in book["cells"]:
         source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-        if source.startswith("#@save") and old in source:
+        if re.match(r"#\s*@save", source) and old in source:
             cell["source"] = source.replace(old, new, 1)
             notebook.write_text(json.dumps(book), "utf-8")
             return
-    raise AssertionError(f"no #@save cell of {notebook.name} holds {old!r}")
+    raise AssertionError(f"no # @save cell of {notebook.name} holds {old!r}")
 
 
 def test_a_changed_chapter_cell_fails_naming_the_cell_and_the_module(book_copy):
@@ -96,7 +97,7 @@ def test_a_block_without_its_cell_is_reported(book_copy):
                       " edit it there, then `make code`\nX = 1\n# <<< chapters/05_implementation"
                       ".ipynb\n")
     problems = chapter_code.check(book_copy)
-    assert any("no #@save cell of the chapters stands for it" in p for p in problems), problems
+    assert any("no # @save cell of the chapters stands for it" in p for p in problems), problems
 
 
 # --- chapter 5's cells, on their own ----------------------------------------------------------

@@ -190,10 +190,10 @@ def _keras_cache_folder() -> pathlib.Path:
 
 # >>> chapters/05_implementation.ipynb, section 5.16: edit it there, then `make code`
 class PositionedRegions(keras.layers.Layer):
-    """What the two backbone encoders share: a ReLU projection of ``[B, R, C]`` backbone
-    features to ``[B, R, dim]``, dropout, and a learned position embedding per region (a
-    backbone's features say *what* is in a cell much more clearly than *where* the cell
-    is)."""
+    """What the two backbone encoders share: a ReLU projection of
+    ``[B, R, C]`` backbone features to ``[B, R, dim]``, dropout, and a
+    learned position embedding per region (a backbone's features say *what*
+    is in a cell much more clearly than *where* the cell is)."""
 
     # no batch normalisation, or (backbones) in inference mode
     trains_batch_norm = False
@@ -205,49 +205,72 @@ class PositionedRegions(keras.layers.Layer):
         self.dropout = layers.Dropout(dropout)
 
     def add_position(self, regions_count):
-        self.position = self.add_weight(shape=(regions_count, self.dim),
-                                        initializer="zeros", name="position")
+        self.position = self.add_weight(
+            shape=(regions_count, self.dim),
+            initializer="zeros",
+            name="position",
+        )
 
     def positioned(self, features, training):
         regions = self.dropout(self.project(features), training=training)
         return regions + ops.cast(self.position, self.compute_dtype)
 
     def get_config(self):
-        return {**super().get_config(), "dim": self.dim, "dropout": self.dropout_rate}
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "dropout": self.dropout_rate,
+        }
 
 
 @serializable
 class FeatureEncoder(PositionedRegions):
-    """Features cached ahead of training (:class:`utils.features.FeatureCache`),
-    ``float[B, R, C]`` (float16 on disk), -> ``[B, R, dim]``. The backbone never runs
-    while training, which is what makes an ImageNet backbone affordable: InceptionV3
-    costs far more than the whole decoder."""
+    """Features cached ahead of training
+    (:class:`utils.features.FeatureCache`), ``float[B, R, C]`` (float16 on
+    disk), -> ``[B, R, dim]``. The backbone never runs while training, which
+    is what makes an ImageNet backbone affordable: InceptionV3 costs far more
+    than the whole decoder."""
 
     def build(self, input_shape):
         self.add_position(input_shape[1])
 
     def call(self, features, training=False):
-        return self.positioned(ops.cast(features, self.compute_dtype), training)
+        return self.positioned(
+            ops.cast(features, self.compute_dtype), training
+        )
 
 
 @serializable
 class BackboneEncoder(PositionedRegions):
-    """A backbone run inside the captioner, so that its last ``trainable_layers`` layers
-    can be fine-tuned with the decoder: ``uint8[B, S, S, 3]`` -> ``[B, R, dim]``.
+    """A backbone run inside the captioner, so that its last
+    ``trainable_layers`` layers can be fine-tuned with the decoder:
+    ``uint8[B, S, S, 3]`` -> ``[B, R, dim]``.
 
-    Batch normalisation inside the backbone always runs in inference mode: its
-    statistics were estimated on ImageNet, and re-estimating them from small captioning
-    batches hurts. The fine-tuned layers learn at ``learning_rate_factor`` times the
-    decoder's rate (:class:`FineTuningAdam`): they start from good values that a
-    full-size step would wreck. ``weights`` is what the backbone starts from
-    (``"imagenet"``, ``None``, a file); a saved captioner holds the backbone's weights
-    itself, so it is reloaded with ``weights=None``.
+    Batch normalisation inside the backbone always runs in inference mode:
+    its statistics were estimated on ImageNet, and re-estimating them from
+    small captioning batches hurts. The fine-tuned layers learn at
+    ``learning_rate_factor`` times the decoder's rate
+    (:class:`FineTuningAdam`): they start from good values that a full-size
+    step would wreck. ``weights`` is what the backbone starts from
+    (``"imagenet"``, ``None``, a file); a saved captioner holds the
+    backbone's weights itself, so it is reloaded with ``weights=None``.
     """
 
-    def __init__(self, backbone, dim, dropout=0.0, trainable_layers=0,
-                 weights="imagenet", learning_rate_factor=0.1, **kwargs):
+    def __init__(
+        self,
+        backbone,
+        dim,
+        dropout=0.0,
+        trainable_layers=0,
+        weights="imagenet",
+        learning_rate_factor=0.1,
+        **kwargs,
+    ):
         super().__init__(dim, dropout, **kwargs)
-        self.backbone_name, self.trainable_layers = backbone, trainable_layers
+        self.backbone_name, self.trainable_layers = (
+            backbone,
+            trainable_layers,
+        )
         self.learning_rate_factor = learning_rate_factor
         self.grid = get_backbone(backbone).grid
         self.backbone = build_backbone(backbone, weights)
@@ -265,20 +288,24 @@ class BackboneEncoder(PositionedRegions):
         return self.positioned(features, training)
 
     def get_config(self):
-        return {**super().get_config(), "backbone": self.backbone_name,
-                "trainable_layers": self.trainable_layers, "weights": None,
-                "learning_rate_factor": self.learning_rate_factor}
+        return {
+            **super().get_config(),
+            "backbone": self.backbone_name,
+            "trainable_layers": self.trainable_layers,
+            "weights": None,
+            "learning_rate_factor": self.learning_rate_factor,
+        }
 
 
 @serializable
 class FineTuningAdam(keras.optimizers.Adam):
-    """Adam with a second, lower learning rate for some variables (a fine-tuned
-    backbone).
+    """Adam with a second, lower learning rate for some variables (a
+    fine-tuned backbone).
 
-    Scaling those variables' gradients would not do it: Adam divides each gradient by
-    its own running size, so the step length is set by the learning rate alone.
-    ``slow_factor`` multiplies the learning rate of the variables given to
-    :meth:`set_slow_variables`.
+    Scaling those variables' gradients would not do it: Adam divides each
+    gradient by its own running size, so the step length is set by the
+    learning rate alone. ``slow_factor`` multiplies the learning rate of the
+    variables given to :meth:`set_slow_variables`.
     """
 
     def __init__(self, learning_rate=1e-3, slow_factor=0.1, **kwargs):
@@ -287,8 +314,9 @@ class FineTuningAdam(keras.optimizers.Adam):
         self.slow_keys = set()
 
     def set_slow_variables(self, variables):
-        # _var_key names a variable the same way whether update_step is handed the Keras
-        # variable, its TensorFlow variable, or one replica's copy under a strategy.
+        # _var_key names a variable the same way whether update_step is
+        # handed the Keras variable, its TensorFlow variable, or one
+        # replica's copy under a strategy.
         self.slow_keys = {self._var_key(variable) for variable in variables}
 
     def update_step(self, gradient, variable, learning_rate):
@@ -301,13 +329,18 @@ class FineTuningAdam(keras.optimizers.Adam):
 
 
 def make_optimizer(model, learning_rate, **kwargs):
-    """Adam for ``model`` (``kwargs`` such as ``clipnorm`` passed on); with a fine-tuned
-    backbone, :class:`FineTuningAdam`, giving the backbone its lower learning rate."""
+    """Adam for ``model`` (``kwargs`` such as ``clipnorm`` passed on); with a
+    fine-tuned backbone, :class:`FineTuningAdam`, giving the backbone its
+    lower learning rate."""
     encoder = model.encoder
-    if not isinstance(encoder, BackboneEncoder) or not encoder.trainable_layers:
+    if (
+        not isinstance(encoder, BackboneEncoder)
+        or not encoder.trainable_layers
+    ):
         return keras.optimizers.Adam(learning_rate, **kwargs)
-    optimizer = FineTuningAdam(learning_rate, slow_factor=encoder.learning_rate_factor,
-                               **kwargs)
+    optimizer = FineTuningAdam(
+        learning_rate, slow_factor=encoder.learning_rate_factor, **kwargs
+    )
     optimizer.set_slow_variables(encoder.backbone.trainable_variables)
     return optimizer
 # <<< chapters/05_implementation.ipynb
