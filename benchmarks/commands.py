@@ -52,11 +52,13 @@ def machine() -> dict:
 
 def fresh_clone(folder: pathlib.Path) -> pathlib.Path:
     """A clone of this checkout's HEAD (committed work only) with its .venv/ set up. A clone
-    kept in ``folder`` from an earlier timing is brought to HEAD and cleaned of everything git
-    does not track but .venv/ (data, trained runs, the built site), which makes it fresh again
-    without installing the pins a second time."""
+    kept in ``folder`` from an earlier timing loses what that timing changed (`make book`
+    executes the chapters in place), is brought to HEAD and cleaned of everything git does not
+    track but .venv/ (data, trained runs, the built site), which makes it fresh again without
+    installing the pins a second time."""
     clone = folder / "clone"
     if clone.exists():
+        subprocess.run(["git", "reset", "--quiet", "--hard"], cwd=clone, check=True)
         subprocess.run(["git", "pull", "--quiet", "--ff-only"], cwd=clone, check=True)
         subprocess.run(["git", "clean", "-xdffq", "-e", ".venv"], cwd=clone, check=True)
     else:
