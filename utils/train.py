@@ -25,9 +25,9 @@ from .text import Vocabulary
 
 RUN_INFO = "run.json"
 
-#: Chapter 5 trains the Show and Tell and hard-attention decoders for this many epochs beside
-#: the soft model (as ``05_<decoder>``) and compares them at this epoch; chapter 6 loads them.
-COMPARISON_EPOCHS = 2
+#: Chapter 6 trains the Show and Tell and hard-attention decoders of chapter 5 for this many
+#: epochs (as ``06_<decoder>``) and compares them with the soft model at this epoch.
+COMPARISON_EPOCHS = 3
 
 
 #: With ``group_by_length``, examples are sorted by caption length within chunks of this many
@@ -538,17 +538,23 @@ def load_finished_run(run_dir: str | pathlib.Path, profile, vocabulary: Vocabula
     return model
 
 
+def run_path(run_name: str, profile) -> pathlib.Path:
+    """Where :func:`train_or_load` keeps the run ``run_name`` of ``profile``:
+    ``runs/<run_name>-<profile>`` under the data folder."""
+    return datasets.data_root() / "runs" / f"{run_name}-{profile.name}"
+
+
 def train_or_load(profile, run_name: str = "05_implementation", seed: int = 0,
                   verbose: int | str = 2, **options):
     """A trained Shapes captioner for ``profile``: the one chapter 5 left behind in
     ``runs/<run_name>-<profile>`` if it matches, else a new one trained now. ``options`` go to
-    :func:`utils.captioner.captioner_from_profile` (chapter 5 also trains ``decoder="show_and_tell"`` and
-    ``"hard"`` as ``05_<decoder>`` for :data:`COMPARISON_EPOCHS` epochs). Returns ``(model, vocabulary, splits)``."""
+    :func:`utils.captioner.captioner_from_profile` (chapter 6 also trains ``decoder="show_and_tell"`` and
+    ``"hard"`` as ``06_<decoder>`` for :data:`COMPARISON_EPOCHS` epochs). Returns ``(model, vocabulary, splits)``."""
     from .captioner import captioner_from_profile
 
     profile = profile.replace(dataset="shapes")  # as chapter 5 trains it, whatever BOOK_DATASET
     vocabulary, splits = prepare_shapes(profile, seed)
-    run_dir = datasets.data_root() / "runs" / f"{run_name}-{profile.name}"
+    run_dir = run_path(run_name, profile)
     model = load_finished_run(run_dir, profile, vocabulary, **options)
     if model is None:
         print(f"no finished run in {run_dir.name}: training one now")
