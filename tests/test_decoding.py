@@ -1,5 +1,6 @@
 """Decoding: beam search against exhaustive search and a plain-Python beam search on hand-made
 step functions, sampling, and the adapter for the book's Captioner."""
+import contextlib
 import itertools
 
 import numpy as np
@@ -291,6 +292,49 @@ def test_xla_compiles_the_search_and_agrees():
     np.testing.assert_allclose(plain.scores, compiled.scores, rtol=1e-5)
 
 
+@contextlib.contextmanager
+def traced():
+    """``tf.function`` traced into a graph even where the run executes it eagerly
+    (``BOOK_TESTS_EAGER=1``, under which ``jit_compile`` cannot act)."""
+    eager = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(False)
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(eager)
+
+
+def python_step_fn(rows):
+    """:func:`transition_step_fn` that passes the tokens through a Python function
+    (``tf.numpy_function``), an op XLA cannot compile."""
+    step = transition_step_fn(rows)
+
+    def python_step(tokens, state):
+        fed = tf.numpy_function(lambda t: t, [tokens], tf.int32, stateful=False)
+        return step(tf.ensure_shape(fed, tokens.shape), state)
+
+    return python_step
+
+
+NOT_XLA = r"unsupported operations"
+# after <start>: A (0.9) or <end> (0.1); after anything else: <end>
+A_THEN_END = [[0, 0, 1, 0, 0], [0, 0, .1, .9, 0], [0, 0, 1, 0, 0], [0, 0, 1, 0, 0],
+              [0, 0, 1, 0, 0]]
+
+
+@pytest.mark.parametrize("search, settings", [(decoding.greedy, {}),
+                                              (decoding.beam_search, {"beam_size": 2}),
+                                              (decoding.sample, {"temperature": 0.0})])
+def test_searches_are_compiled_with_xla_only_when_asked(search, settings):
+    step, state = python_step_fn(A_THEN_END), (tf.zeros([2, 3]),)
+    search_args = dict(batch_size=2, start_id=START, end_id=END, max_length=3, **settings)
+    with traced():
+        result = search(step, state, **search_args)  # by default not compiled: Python runs
+        np.testing.assert_array_equal(result.sequences[:, 0], [[A, END, PAD]] * 2)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=NOT_XLA):
+            search(step, state, jit_compile=True, **search_args)
+
+
 # --- sampling --------------------------------------------------------------------------------
 
 
@@ -336,6 +380,54 @@ def test_sampling_defaults_are_one_sample_at_temperature_one_with_seed_zero():
     many = run_prefix_sample(table, codes, 6, num_samples=64, temperature=1.0, seed=0)
     hotter = run_prefix_sample(table, codes, 6, num_samples=64, temperature=2.0, seed=0)
     assert not np.array_equal(many.sequences, hotter.sequences)  # the temperature matters
+
+
+def test_sample_scores_are_the_log_probabilities_with_no_length_penalty():
+    result = run_prefix_sample(random_table(10), [1, 2], 6, num_samples=8, seed=4)
+    assert (result.lengths.numpy() > 1).any()  # where a length penalty would change a score
+    np.testing.assert_array_equal(result.scores, result.log_probs)
+
+
+def test_an_integer_temperature_samples_like_the_same_float():
+    table, codes = random_table(11), [1, 2]
+    whole = run_prefix_sample(table, codes, 6, num_samples=8, temperature=2, seed=1)
+    real = run_prefix_sample(table, codes, 6, num_samples=8, temperature=2.0, seed=1)
+    np.testing.assert_array_equal(whole.sequences, real.sequences)
+    np.testing.assert_array_equal(whole.log_probs, real.log_probs)
+
+
+def test_each_step_draws_from_the_stateless_stream_of_seed_and_step():
+    """Seed ``s`` draws step ``t``'s words with ``tf.random.stateless_categorical`` under the
+    seed ``stateless_fold_in([s, 0], t)``, one draw per row: TensorFlow alone reproduces them."""
+    probs, temperature, seed, rows, max_length = [0, 0, .2, .5, .3], 1.5, 7, 8, 5
+    step = transition_step_fn([probs] * VOCAB)  # the same distribution after every word
+    result = decoding.sample(step, (tf.zeros([2, 1]),), batch_size=2, start_id=START,
+                             end_id=END, max_length=max_length, num_samples=rows // 2,
+                             temperature=temperature, seed=seed)
+    with np.errstate(divide="ignore"):
+        logits = tf.constant(np.log(np.tile(probs, (rows, 1))).astype(np.float32))
+    logits = logits / tf.constant(temperature, tf.float32)
+    draws = np.stack([tf.random.stateless_categorical(
+        logits, 1, tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), t),
+        dtype=tf.int32)[:, 0].numpy() for t in range(max_length)], axis=1)  # [rows, L]
+    expected = []
+    for row in draws:
+        ends = np.flatnonzero(row == END)
+        expected.append(padded(row[: ends[0] + 1] if ends.size else row, max_length))
+    np.testing.assert_array_equal(result.sequences.numpy().reshape(rows, max_length), expected)
+
+
+def test_top_k_counts_words_not_rows():
+    # A single row (one image, one sample) with top_k=2 of A (0.55) and B (0.45), 40 steps
+    # that never end: both words are drawn, nothing else.
+    step, state = transition_step_fn([[0, 0, 0, .55, .45]] * VOCAB), (tf.zeros([1, 1]),)
+    search = {"batch_size": 1, "start_id": START, "end_id": END, "seed": 0}
+    single = decoding.sample(step, state, max_length=40, top_k=2, **search)
+    assert set(single.sequences.numpy().reshape(-1)) == {A, B}
+    # top_k above the vocabulary (5 words) is all of it, however many rows there are
+    above = decoding.sample(step, state, max_length=3, num_samples=8, top_k=9, **search)
+    exact = decoding.sample(step, state, max_length=3, num_samples=8, top_k=VOCAB, **search)
+    np.testing.assert_array_equal(above.sequences, exact.sequences)
 
 
 @pytest.mark.parametrize("temperature, top_k", [(0.5, 0), (1.0, 0), (2.0, 0), (1.0, 2)])
@@ -439,6 +531,67 @@ def test_captioner_sampling_is_seeded(captioner_and_images):
     assert draws[0].attention.shape == (6, 4, 7, 64)
     with pytest.raises(ValueError, match="method"):
         decoding.decode_images(model, images, max_length=7, method="nucleus")
+
+
+class PythonCaptioner:
+    """A stand-in for the Captioner: its encoder returns the given ``regions [B, R, D]``, its
+    decoder follows :data:`A_THEN_END` through a Python function (which XLA cannot compile) and
+    attends to region 0."""
+
+    start_id, end_id = START, END
+
+    def __init__(self, regions):
+        self.regions, self.decoder = tf.constant(regions), self
+        self.next_word = python_step_fn(A_THEN_END)
+
+    def encoder(self, images, training):
+        assert training is False  # inference asked for explicitly, not left to Keras' defaults
+        return self.regions
+
+    def initial_state(self, regions):
+        return (regions[:, 0, :1],)
+
+    def step(self, tokens, state):
+        log_probs, state = self.next_word(tokens, state)
+        return log_probs, state, tf.one_hot(tf.zeros_like(tokens), self.regions.shape[1])
+
+
+def test_captioner_initial_attention_is_float32_zeros_per_region():
+    """Zeros ``[B, R]`` in float32, the attention's dtype, even for float16 (mixed precision)
+    regions with a single channel."""
+    regions = np.arange(2 * 6, dtype=np.float16).reshape(2, 6, 1) + 1
+    state = decoding.captioner_initial_state(PythonCaptioner(regions), tf.zeros([2, 4, 4, 3]))
+    assert state["attention"].dtype == tf.float32
+    np.testing.assert_array_equal(state["attention"], np.zeros((2, 6)))
+    np.testing.assert_array_equal(state["decoder"][0], regions[:, 0])
+
+
+def test_captioner_initial_state_encodes_in_inference_mode_inside_a_training_call(
+        captioner_and_images):
+    """Called within a layer that is training (as a caption-level reward would be), the
+    encoder's batch normalisation still uses its moving statistics."""
+    model, images = captioner_and_images
+
+    class TrainingLayer(keras.layers.Layer):
+        def call(self, images, training=None):
+            assert training
+            return decoding.captioner_initial_state(model, images)
+
+    inside = TrainingLayer()(images[:2], training=True)
+    outside = decoding.captioner_initial_state(model, images[:2])
+    for got, expected in zip(tf.nest.flatten(inside), tf.nest.flatten(outside)):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_decode_images_compiles_with_xla_only_when_asked():
+    model = PythonCaptioner(np.ones((2, 3, 4), np.float32))
+    images = tf.zeros([2, 4, 4, 3], tf.uint8)
+    with traced():
+        result = decoding.decode_images(model, images, max_length=3)  # Python runs
+        np.testing.assert_array_equal(result.sequences[:, 0], [[A, END, PAD]] * 2)
+        np.testing.assert_array_equal(result.attention[:, 0, :2], [[[1, 0, 0]] * 2] * 2)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=NOT_XLA):
+            decoding.decode_images(model, images, max_length=3, jit_compile=True)
 
 
 # --- settings that cannot work are refused -------------------------------------------------------

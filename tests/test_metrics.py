@@ -6,14 +6,17 @@ read their answers from golden files recorded from the real jars (``tests/golden
 marked ``java`` run the jars themselves and are skipped without Java.
 """
 import functools
+import locale
 import math
 import os
 import random
 import re
 import pathlib
+import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -295,6 +298,13 @@ def test_a_caption_can_depend_on_the_next_one_as_in_the_toolkit():
     assert lines == [["the", "letter", "b"], ["a", "dog"], ["the", "letter", "b."], ["a", "dog"]]
 
 
+def test_line_breaks_inside_a_caption_are_spaces():
+    # the toolkit's file would start a new line there and misalign every later caption
+    lines = ptb_tokenize_batch(["a\ndog", "two\r\ncats\rsit\u2028here", "x"])
+    assert lines == [["a", "dog"], ["two", "cats", "sit", "here"], ["x"]]
+    assert ptb_tokenize_batch([]) == []  # no captions, not one empty line
+
+
 def tokenizer_corpus() -> list[str]:
     """Thousands of strings that make tokenisation hard: the tricky list, caption-like text and
     random characters (seeded, so the golden file's key stays the same)."""
@@ -341,6 +351,27 @@ def test_character_classes_stay_case_sensitive():
     assert wrap("abc") == "abc"
 
 
+@pytest.mark.parametrize("text, tokens", [
+    ("the letter b. The end", ["the", "letter", "b", ".", "The", "end"]),
+    ("'hello' world", ["`", "hello", "'", "world"]),
+    ('say "hi" there', ["say", "``", "hi", "''", "there"]),
+    ("(555) 123-4567 :( :) x", ["-LRB-555-RRB-\u00a0123-4567", ":-LRB-", ":-RRB-", "x"]),
+    ("the dog&apos;s bone", ["the", "dog", "'s", "bone"]),
+    ("the DOG&APOS;S bone", ["the", "DOG", "&APOS;S", "bone"]),
+    ("say &quot;hi&quot; &QUOT;x&QUOT;", ["say", "``", "hi", "''", "&QUOT;", "x", "&QUOT;"]),
+])
+def test_lexer_tokens_before_lower_case_and_filtering(text, tokens):
+    """The jar's own tokens (``PTBTokenizer -preserveLines``, without the toolkit's lower case
+    and punctuation filter): which quote, which bracket name, the period after "b" read again."""
+    assert metrics._lex(text) == tokens
+
+
+def test_split_off_keeps_the_start_and_reads_the_end_again():
+    # the rules are built when the module loads; built now, "gonna" gives "gon", then "na" again
+    assert metrics._split_off(2)("gonna") == ("gon", 3)
+    assert metrics._split_off(3)("cannot") == ("can", 3)
+
+
 def test_rules_compiled_now_tokenise_like_the_java_tokenizer(monkeypatch, toolkit_tokenize):
     """The lexer's rules are compiled when the module loads; compiled again here, they still give
     the Java tokenizer's answers, one rule per top-level alternative, in the lexer's order."""
@@ -349,7 +380,7 @@ def test_rules_compiled_now_tokenise_like_the_java_tokenizer(monkeypatch, toolki
                              for _, pattern, _, _ in metrics._RULES)
     assert [rule.name for rule in rules][:3] == ["programming language", "programming language",
                                                  "cannot, 'twas"]
-    assert rules[0].regex.pattern.startswith("(?P<token>c\\+\\+)")
+    assert rules[0].regex.pattern == "(?P<token>c\\+\\+)"  # no trailing context, no group for it
     assert rules[0].regex.flags & re.IGNORECASE
     monkeypatch.setattr(metrics, "_LEXER_RULES", rules)
     texts = tokenizer_corpus()
@@ -549,6 +580,87 @@ def test_the_line_server_is_kept_between_calls_and_replaced_after_a_failure(tmp_
     assert not kept.running() and not metrics._kept_servers
 
 
+def test_a_kept_line_server_is_replaced_for_another_command(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = stand_in(tmp_path / "a", "for line in sys.stdin:\n    print('first', flush=True)")
+    second = stand_in(tmp_path / "b", "for line in sys.stdin:\n    print('second', flush=True)")
+
+    def ask(command):
+        return metrics._ask_kept_server(command, tmp_path, 60,
+                                        lambda server: server.ask(["which?"], answers=1))
+
+    try:
+        assert [ask(first), ask(second), ask(first)] == [["first"], ["second"], ["first"]]
+        assert len(metrics._kept_servers) == 1  # only the last one is kept
+    finally:
+        metrics._close_kept_servers()
+
+
+def test_a_kept_line_server_does_not_keep_python_from_exiting(tmp_path):
+    """Only atexit kills a kept server, and Python runs atexit after it has waited for every
+    non-daemon thread: the reader (waiting for the next answer) and the writer (stuck on a
+    request the program does not read) must be daemons, or Python waits for the program."""
+    pid = tmp_path / "pid"
+    slow = stand_in(tmp_path, f"import os\nopen({str(pid)!r}, 'w').write(str(os.getpid()))\n"
+                              "sys.stdin.readline()\nprint('read one', flush=True)\ntime.sleep(30)")
+    with metrics._JavaLineServer(slow, tmp_path, seconds=60) as server:
+        assert server.ask(["a", "x" * 2**20], answers=1) == ["read one"]
+        assert [thread.daemon for thread in server._threads] == [True, True]
+    script = ("import pathlib\nfrom utils import metrics\n"
+              f"print(metrics._ask_kept_server({slow!r}, pathlib.Path({str(tmp_path)!r}), 60, "
+              "lambda server: server.ask(['a', 'x' * 2**20], answers=1)))")
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(metrics.__file__).parents[1]))
+    try:  # the same utils (under mutmut: the same mutant) in a Python that then exits
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                              text=True, timeout=10)
+    finally:
+        try:
+            os.kill(int(pid.read_text()), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert (done.returncode, done.stdout) == (0, "['read one']\n")
+
+
+def test_line_server_speaks_utf_8_whatever_the_locale(tmp_path, monkeypatch):
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode ignores the locale's encoding")
+    # the program answers with the bytes it got, in hex, and "é" in UTF-8
+    hexer = stand_in(tmp_path, "for line in sys.stdin.buffer:\n"
+                               "    sys.stdout.buffer.write(line.strip().hex().encode()"
+                               " + b' \\xc3\\xa9\\n')\n"
+                               "    sys.stdout.flush()")
+    monkeypatch.setattr(locale, "getencoding", lambda: "latin-1")
+    with metrics._JavaLineServer(hexer, tmp_path, seconds=60) as server:
+        assert server.ask(["ü"], answers=1) == ["c3bc é"]
+
+
+def test_line_server_close_waits_for_each_thread_at_most_ten_seconds(tmp_path):
+    """A thread can outlive the killed program (a child of it may keep the pipe open): close()
+    gives up on it after 10 s instead of hanging."""
+    waits = []
+
+    class Stuck:
+        def join(self, timeout=None):
+            waits.append(timeout)
+
+    server = metrics._JavaLineServer(stand_in(tmp_path, "time.sleep(60)"), tmp_path, seconds=60)
+    server._threads.append(Stuck())
+    server.close()
+    assert waits == [10] and server._process.poll() is not None
+
+
+def test_a_missing_pycocoevalcap_is_named(monkeypatch):
+    find_spec = metrics.importlib.util.find_spec
+    monkeypatch.setattr(metrics.importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "pycocoevalcap"
+                        else find_spec(name, *rest))
+    monkeypatch.setattr(metrics, "_find_java", lambda: "java")
+    with pytest.raises(metrics.MetricUnavailableError) as raised:
+        metrics.meteor(["a dog"], [["a dog"]])
+    assert str(raised.value) == ("pycocoevalcap, which ships the jars, is not installed: "
+                                 "`pip install pycocoevalcap==1.2`")
+
+
 def test_meteor_sends_one_line_per_caption_and_the_toolkits_options(monkeypatch):
     seen = {}
 
@@ -691,6 +803,19 @@ def test_without_java_the_other_metrics_come_with_a_warning(monkeypatch, tmp_pat
     assert (caller.name == "trampoline.py") if under_mutmut else caller == pathlib.Path(__file__)
 
 
+def test_the_warning_names_the_caller_of_evaluate_captions(monkeypatch):
+    # Under mutmut two trampoline frames, both in trampoline.py, stand between the caller and
+    # evaluate_captions, so the file name above cannot tell stacklevel 2 from 3; this can.
+    warned = []
+    monkeypatch.setattr(metrics, "warnings",
+                        types.SimpleNamespace(warn=lambda *args, **kw: warned.append((args, kw))))
+    monkeypatch.setattr(metrics, "_find_java", lambda: None)
+    assert evaluate_captions({0: ["a"]}, {0: "a"}, ["METEOR"]) == {}
+    reason = f"METEOR runs on Java, which is not installed here: {metrics.JAVA_ADVICE}."
+    assert warned == [((f"METEOR left out: {reason}", metrics.MetricUnavailableWarning),
+                       {"stacklevel": 2})]
+
+
 def test_a_missing_meteor_jar_is_named(monkeypatch, tmp_path):
     monkeypatch.setattr(metrics, "_find_java", lambda: "java")
     monkeypatch.setattr(metrics, "_toolkit_file", lambda *parts: tmp_path.joinpath(*parts))
@@ -747,7 +872,7 @@ def test_corenlp_is_fetched_only_after_a_quick_reachability_test(monkeypatch, tm
     monkeypatch.setattr(models, "get_stanford_models", lambda: fetched.append(True))
     metrics._download_corenlp(tmp_path)
     url = "http://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip"
-    assert asked[0][:2] == (url, "HEAD") and asked[0][2] <= 30 and asked[1] == "closed"
+    assert asked[0] == (url, "HEAD", 15) and asked[1] == "closed"  # a 15 s reachability test
     assert fetched == [True]
 
     def broken_archive():

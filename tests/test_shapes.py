@@ -189,6 +189,16 @@ def test_relation_margin_is_an_eighth_of_the_image_inclusive():
     assert shapes.relation_holds(here, seven, "left of", 56)  # 56 / 8 = 7
 
 
+def test_relation_reads_the_centre_of_a_box_that_is_not_square():
+    # bbox is [x0, y0, x1, y1]: the centre of a wide, flat box at the top is (30, 5), so it is
+    # above a box centred at (5, 45), though its right edge (60) lies further down the page
+    wide = _obj("red", "circle", "large", [0, 0, 60, 10])
+    low = _obj("blue", "star", "small", [0, 40, 10, 50])
+    assert shapes.relation_holds(wide, low, "above", 64)
+    assert shapes.relation_holds(low, wide, "below", 64)
+    assert shapes.relation_holds(low, wide, "left of", 64)  # 30 - 5 = 25 apart in x
+
+
 # --------------------------------------------------------------------------- the checker
 
 _FLIPPED_RELATION = {"left": "right", "right": "left", "above": "below", "below": "above"}

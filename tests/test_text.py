@@ -70,6 +70,19 @@ def test_saved_vocabulary_is_readable_utf8(tmp_path):
         "<pad>", "<unk>", "<start>", "<end>", "café", "猫"]
 
 
+def test_a_special_entry_listed_twice_keeps_its_one_id():
+    vocabulary = Vocabulary(["<pad>", "<unk>", "<start>", "<end>", "a", "<unk>"])
+    assert vocabulary.words == ["<pad>", "<unk>", "<start>", "<end>", "a"]
+    assert vocabulary.encode(["<unk>", "a"], 4) == [2, 1, 4, 3]
+
+
+def test_saved_vocabulary_has_one_word_per_line_and_no_indent(tmp_path):
+    Vocabulary(["x", "y"]).save(tmp_path / "vocab.json")
+    lines = (tmp_path / "vocab.json").read_text(encoding="utf-8").split("\n")
+    assert lines == ["{", '"words": [', '"<pad>",', '"<unk>",', '"<start>",', '"<end>",', '"x",',
+                     '"y"', "]", "}"]
+
+
 TRICKY = [
     "A red circle, left of: a CAFÉ!",
     "<start> a dog <end>",

@@ -52,10 +52,10 @@ class Vocabulary:
     pad_id, unk_id, start_id, end_id = 0, 1, 2, 3
 
     def __init__(self, words: Sequence[str]):
+        # The four special entries take ids 0-3 and appear nowhere else, whether or not
+        # ``words`` lists them (a saved vocabulary does, a new one need not).
         specials = [PAD, UNK, START, END]
-        if list(words[:4]) != specials:
-            words = specials + [w for w in words if w not in specials]
-        self._words = list(words)
+        self._words = specials + [w for w in words if w not in specials]
         self._index = {word: i for i, word in enumerate(self._words)}
 
     @classmethod
