@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(groups) - set(suite.GROUPS)
     if unknown:
         parser.error(f"unknown groups {sorted(unknown)}; choose from {suite.GROUPS}")
-    from utils import quiet_tensorflow
+    from utils import import_tensorflow
 
-    quiet_tensorflow()  # before the suite imports TensorFlow
+    import_tensorflow()  # quietly, before the suite imports TensorFlow
     mode = suite.MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)

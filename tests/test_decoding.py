@@ -335,6 +335,24 @@ def test_searches_are_compiled_with_xla_only_when_asked(search, settings):
             search(step, state, jit_compile=True, **search_args)
 
 
+@pytest.mark.parametrize("search, settings", [(decoding.greedy, {}),
+                                              (decoding.beam_search, {"beam_size": 3}),
+                                              (decoding.sample, {"temperature": 0.0})])
+def test_the_search_stops_when_every_caption_has_ended(search, settings):
+    """A_THEN_END's captions have ended by the second word: with room for ten, only two steps
+    are computed. With three beams one slot stays empty (two captions exist), and counts as
+    ended."""
+    calls, table_step = tf.Variable(0), transition_step_fn(A_THEN_END)
+
+    def step(tokens, state):
+        calls.assign_add(1)
+        return table_step(tokens, state)
+
+    search(step, (tf.zeros([2, 3]),), batch_size=2, start_id=START, end_id=END, max_length=10,
+           **settings)
+    assert int(calls.numpy()) == 2
+
+
 # --- sampling --------------------------------------------------------------------------------
 
 

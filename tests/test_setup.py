@@ -2,6 +2,8 @@
 import os
 import pathlib
 import re
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -72,6 +74,32 @@ def test_mixed_precision_only_where_a_gpu_is_visible(monkeypatch):
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_tensorflow_start_up_notices_are_hidden_and_other_lines_passed_on(tmp_path):
+    """TensorFlow 2.21 writes its start-up notices to descriptor 2 whatever
+    TF_CPP_MIN_LOG_LEVEL says; a stand-in ``tensorflow`` writes two of them and a real error."""
+    (tmp_path / "tensorflow.py").write_text(
+        "import os\n"
+        "os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are "
+        "written to STDERR\\n')\n"
+        "os.write(2, b'I0000 00:00:1796591153.161191    3570 port.cc:153] oneDNN custom "
+        "operations are on.\\n')\n"
+        "os.write(2, b'a real problem\\n')\n")
+    code = "import utils, sys; tf = utils.import_tensorflow(); print(tf.__name__, sys.stderr.name)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "tensorflow <stderr>\n"
+    assert done.stderr == "a real problem\n"
+
+
+def test_the_real_tensorflow_starts_without_a_log_line():
+    code = "import utils; utils.import_tensorflow(); import keras; print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ok\n", "")
 
 
 def test_tensorflow_logs_are_quiet_unless_the_reader_asked(monkeypatch):

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
+import tempfile
 
 __version__ = "0.1.0"
 
@@ -87,6 +89,54 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+#: TensorFlow's C++ start-up notices. TensorFlow 2.21 writes them to file descriptor 2 while it is
+#: imported, whatever TF_CPP_MIN_LOG_LEVEL says: absl's "All log messages before
+#: absl::InitializeLog() ..." and, on a CPU with AVX-512, oneDNN's "custom operations are on".
+_START_UP_NOTICE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)"
+                              r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ (port|cpu_feature_guard)\.cc:\d+\]"
+                              r"|To enable the following instructions: )")
+
+
+def _flush_c_streams() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to ask (not a POSIX system)
+        pass
+
+
+def import_tensorflow():
+    """``import tensorflow``, keeping its C++ start-up notices off the reader's screen.
+
+    Python cannot filter what C++ writes to file descriptor 2, so for the import that
+    descriptor points at a temporary file; afterwards every line that is not such a notice (a
+    real error, say) is passed on to ``sys.stderr``. Returns the module."""
+    quiet_tensorflow()
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 to redirect: nothing would be shown anyway
+        import tensorflow
+        return tensorflow
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow
+        finally:
+            _flush_c_streams()  # what C++ wrote but its stdio still buffers goes to the file too
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode("utf-8", "replace").splitlines()
+            kept = [line for line in lines if line.strip() and not _START_UP_NOTICE.match(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+    return tensorflow
+
+
 def setup(profile: str | None = None, seed: int = 42, deterministic: bool = True):
     """Prepare a chapter: seed everything, make TensorFlow deterministic, print versions.
 
@@ -100,7 +150,7 @@ def setup(profile: str | None = None, seed: int = 42, deterministic: bool = True
         os.environ.setdefault("BOOK_DATA", _colab_data_folder())
     try:
         import numpy as np  # noqa: F401
-        import tensorflow as tf
+        tf = import_tensorflow()
         import keras
     except ImportError as error:  # pragma: no cover - depends on the reader's machine
         raise RuntimeError(

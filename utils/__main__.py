@@ -121,9 +121,9 @@ TRAINING_NAME = "training"  # best weights, backup and run.json of utils.train.f
 
 def _quiet_tensorflow() -> None:
     # TensorFlow's C++ start-up lines would bury the one-line output of these commands.
-    from . import quiet_tensorflow
+    from . import import_tensorflow
 
-    quiet_tensorflow()
+    import_tensorflow()
 
 
 def _add_train_command(commands: argparse._SubParsersAction) -> None:
