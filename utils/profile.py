@@ -59,10 +59,11 @@ _PROFILES = {
         epochs=2, batch_size=16, learning_rate=3e-3, final_learning_rate=1e-3,
         steps_per_epoch=6, eval_images=16, jit_compile=False,
     ),
-    # Batches of 64 without XLA: on 2 CPU cores an epoch took about 30 s, against about 70 s
-    # with batches of 32 and XLA, and after 10 epochs 86% of the test captions were exact
-    # (measured 2026-12-05). XLA's gain on a CPU is small (benchmarks/README.md), while
-    # compiling the decoder costs from seconds to a minute per caption length.
+    # Batches of 64 without XLA: on 2 CPU cores an epoch took 20-30 s, against about 70 s
+    # with batches of 32 and XLA; after 8 epochs 85.7% of the test captions were exact and
+    # chapter 5 ran in 5 min 16 s (make book, 2026-12-06; 10 epochs gave 86%). XLA's gain on a
+    # CPU is small (benchmarks/README.md), while compiling the decoder costs from seconds to a
+    # minute per caption length.
     "cpu": Profile(
         name="cpu", dataset="shapes", num_images=10_000, image_size=64, max_caption_tokens=16,
         embed_dim=64, units=256, attention_units=128, cnn_filters=(32, 64, 128), dropout=0.1,

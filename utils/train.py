@@ -590,5 +590,6 @@ def seconds_per_step(model, batches: tf.data.Dataset, steps: int = 20, skip: int
     median seconds of a step, the ``skip`` warm-up steps (tracing, compiling) left out. The
     model's weights change: time a copy, not a model you want to keep."""
     timer = StepTimes()
-    model.fit(batches, steps_per_epoch=skip + steps, epochs=1, verbose=0, callbacks=[timer])
+    model.fit(batches, steps_per_epoch=skip + steps, epochs=1, shuffle=False, verbose=0,
+              callbacks=[timer])
     return timer.per_step(skip)
