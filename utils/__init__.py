@@ -92,9 +92,10 @@ def quiet_tensorflow() -> None:
 #: TensorFlow's C++ start-up notices. TensorFlow 2.21 writes them to file descriptor 2 while it is
 #: imported, whatever TF_CPP_MIN_LOG_LEVEL says: absl's "All log messages before
 #: absl::InitializeLog() ..." and, on a CPU with AVX-512, oneDNN's "custom operations are on".
-_START_UP_NOTICE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)"
-                              r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ (port|cpu_feature_guard)\.cc:\d+\]"
-                              r"|To enable the following instructions: )")
+_START_UP_NOTICE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ (port|cpu_feature_guard)\.cc:\d+\]"
+    r"|To enable the following instructions: )")
 
 
 def _flush_c_streams() -> None:
