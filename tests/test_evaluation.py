@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from utils.evaluation import attention_grounding, caption_rates, relation_pairs
+from utils import shapes
+from utils.evaluation import (attention_grounding, caption_rates, informativeness,
+                              relation_pairs)
 
 SCENE = {"image_size": 64, "objects": [
     {"shape": "circle", "colour": "red", "size": "small", "bbox": [2, 2, 15, 15]},
@@ -39,6 +41,45 @@ def test_caption_rates_by_group():
                                  "exact": 0.5}
     assert rates["with relation"]["count"] == 1 and rates["with relation"]["exact"] == 1.0
     assert "3 objects" not in rates
+
+
+def test_stated_relations_are_judged_one_by_one():
+    assert shapes.stated_relations("a red circle left of a blue square", SCENE) == [True]
+    assert shapes.stated_relations("a red circle below a blue square", SCENE) == [False]
+    # a relation between objects the scene lacks is not true
+    assert shapes.stated_relations("a green star left of a blue square", SCENE) == [False]
+    assert shapes.stated_relations("a red circle and a blue square", SCENE) == []
+    assert shapes.stated_relations("circle circle circle", SCENE) is None
+
+
+def test_informativeness_counts_relations_by_scene_size():
+    three = {"image_size": 64, "objects": SCENE["objects"] + [
+        {"shape": "star", "colour": "green", "size": "small", "bbox": [2, 45, 15, 58]}]}
+    one = {"image_size": 64, "objects": SCENE["objects"][:1]}
+    captions = ["a red circle left of a blue square",  # true relation, exact
+                "a blue square left of a red circle",  # false relation
+                "a red circle and a blue square",  # no relation
+                "a red circle above a green star and a blue square",  # true, exact
+                "a red circle"]  # one object: no relation possible
+    references = [["a red circle and a blue square"] * 4 + ["a red circle above a blue square"],
+                  ["a red circle and a blue square"] * 5,
+                  ["a red circle and a blue square"] * 5,
+                  ["a blue square and a red circle and a green star"] * 5,
+                  ["a red circle"] * 5]
+    report = informativeness(captions, [SCENE, SCENE, SCENE, three, one], references)
+    assert report["2 objects"] == {"count": 3, "captions with a relation": 2 / 3,
+                                   "references with a relation": 1 / 15}
+    assert report["3 objects"] == {"count": 1, "captions with a relation": 1.0,
+                                   "references with a relation": 0.0}
+    assert report["relations"] == {"stated": 3, "true": 2 / 3, "exact when stating one": 2 / 3}
+
+
+def test_informativeness_of_nothing_is_nan():
+    report = informativeness(["circle circle"], [SCENE], [["a red circle and a blue square"]])
+    assert report["2 objects"]["captions with a relation"] == 0.0
+    assert report["relations"]["stated"] == 0
+    assert np.isnan(report["relations"]["true"])
+    assert np.isnan(report["relations"]["exact when stating one"])
 
 
 def test_relation_pairs_mirror_true_relations_only():

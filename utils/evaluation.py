@@ -35,6 +35,42 @@ def caption_rates(captions: Sequence[str], scenes: Sequence[dict]) -> dict[str, 
     return {name: _rates(groups[name]) for name in order if groups[name]}
 
 
+def informativeness(captions: Sequence[str], scenes: Sequence[dict],
+                    references: Sequence[Sequence[str]]) -> dict[str, dict[str, float]]:
+    """How much the captions say beyond the list of objects: do they state where things are?
+
+    For the scenes of 2 and of 3 objects (where a relation can be stated): the share of
+    captions that state at least one relation, beside the same share among those scenes'
+    references (:data:`utils.shapes.RELATION_SHARE` is what the references were written with).
+    Over all captions: how many relations they state, the share of those that are true
+    (:func:`utils.shapes.stated_relations`), and the exact rate among the captions that state
+    one. A caption outside the grammar states nothing. Shares of nothing are ``nan``."""
+    by_size: dict[int, dict[str, list[bool]]] = collections.defaultdict(
+        lambda: {"captions": [], "references": []})
+    stated, exact = [], []
+    for caption, scene, refs in zip(captions, scenes, references, strict=True):
+        relations = shapes.stated_relations(caption, scene) or []
+        stated += relations
+        if relations:
+            exact.append(shapes.check_caption(caption, scene).exact)
+        objects = len(scene["objects"])
+        if objects in (2, 3):
+            by_size[objects]["captions"].append(bool(relations))
+            by_size[objects]["references"] += [bool(shapes.stated_relations(r, scene))
+                                               for r in refs]
+    report = {f"{n} objects": {"count": len(by_size[n]["captions"]),
+                               "captions with a relation": _share(by_size[n]["captions"]),
+                               "references with a relation": _share(by_size[n]["references"])}
+              for n in (2, 3) if by_size[n]["captions"]}
+    report["relations"] = {"stated": len(stated), "true": _share(stated),
+                           "exact when stating one": _share(exact)}
+    return report
+
+
+def _share(flags: Sequence[bool]) -> float:
+    return float(np.mean(flags)) if len(flags) else float("nan")
+
+
 def _rates(checks: list) -> dict[str, float]:
     return {"count": len(checks),
             **{field: float(np.mean([getattr(c, field) for c in checks]))

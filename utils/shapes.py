@@ -422,6 +422,17 @@ def check_caption(caption: str, scene: dict) -> CaptionCheck:
     return CaptionCheck(parsed=True, correct=correct, complete=len(mentioned) == len(objects))
 
 
+def stated_relations(caption: str, scene: dict) -> list[bool] | None:
+    """Whether each relation the caption states is true of ``scene``, in the caption's order:
+    ``[]`` for a caption that states none, ``None`` for one outside the grammar. A relation is
+    true when both groups name the objects they count and the relation holds between them."""
+    items = _parse(tokenize(caption))
+    if items is None:
+        return None
+    objects, image_size = scene["objects"], scene["image_size"]
+    return [_item_true(item, objects, image_size) for item in items if item.relation is not None]
+
+
 def mentions(caption: str, scene: dict) -> list[tuple[int, list[int]]] | None:
     """Where each group of a caption names its objects: ``[(noun position, object indices)]``.
 
