@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils import metrics, shapes
+from utils import evaluation, metrics, shapes
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -210,6 +210,11 @@ def test_evaluate_scores_the_captions_of_the_split(smoke_run, run_copy, run_cli,
     assert {key: scores[key] for key in expected} == pytest.approx(expected, abs=1e-12)
     assert scores["METEOR"] == 0.25
     assert (scores["images"], scores["split"], scores["beam_size"]) == (len(images), "test", 2)
+    # how often the captions state a relation, beside the references (nan where none is stated)
+    informative = evaluation.informativeness(captions, [image["scene"] for image in images],
+                                             list(references.values()))
+    assert json.dumps(scores["informativeness"]) == json.dumps(informative)
+    assert "relations stated" in result.stdout.splitlines()[-2]
 
 
 def write_two_images(folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:

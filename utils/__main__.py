@@ -289,14 +289,19 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     references = {i: list(r.raw_captions) or [" ".join(c) for c in r.captions]
                   for i, r in enumerate(chosen)}
     scores: dict = metrics.evaluate_captions(references, dict(enumerate(captions)))
+    informative = None
     if all(record.scene for record in chosen):
-        from .evaluation import caption_rates
+        from .evaluation import caption_rates, informativeness
 
-        rates = caption_rates(captions, [record.scene for record in chosen])["all"]
+        scenes = [record.scene for record in chosen]
+        rates = caption_rates(captions, scenes)["all"]
         scores.update({key: rates[key] for key in ("exact", "correct", "complete")})
+        informative = informativeness(captions, scenes, list(references.values()))
     data_sha256 = file_sha256(json_path)
     report = {**scores, "images": len(chosen), "split": args.split, "beam_size": args.beam_size,
               "export": str(folder), "data": str(json_path.resolve()), "data_sha256": data_sha256}
+    if informative is not None:
+        report["informativeness"] = informative
     # Beside the export (in the run folder), never inside it.
     out = folder.parent / _report_name(args, data_sha256)
     partial = out.with_name(f".{out.name}.partial")
@@ -304,7 +309,20 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     os.replace(partial, out)
     print(f"evaluate: {len(chosen)} {args.split} images, beam {args.beam_size}")
     print("  ".join(f"{name} {value:.3f}" for name, value in scores.items()))
+    if informative is not None:
+        print(_relations_line(informative))
     print(f"scores written to {out}")
+
+
+def _relations_line(informative: dict) -> str:
+    """One line of :func:`utils.evaluation.informativeness`: do the captions say where things
+    are, as often as the references do, and truly?"""
+    parts = [f"{scenes}: {shares['captions with a relation']:.1%} state a relation "
+             f"(references {shares['references with a relation']:.1%})"
+             for scenes, shares in informative.items() if scenes != "relations"]
+    stated = informative["relations"]
+    parts.append(f"{stated['stated']} relations stated, {stated['true']:.1%} of them true")
+    return "relations: " + "; ".join(parts)
 
 
 def _report_name(args: argparse.Namespace, data_sha256: str) -> str:
