@@ -21,7 +21,7 @@ import types
 import pytest
 
 from utils import metrics
-from utils.metrics import (bleu, bleu_counts, bleu_from_counts, cider_d, corpus_bleu,
+from utils.metrics import (CiderDScorer, bleu, bleu_counts, bleu_from_counts, cider_d, corpus_bleu,
                            evaluate_captions, lcs_length, ptb_tokenize, ptb_tokenize_batch, rouge_l)
 
 TOOLKIT_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
@@ -274,6 +274,25 @@ def test_cider_d_by_hand():
     expected = (3 / math.sqrt(18) + 2 / math.sqrt(6) + 1 / math.sqrt(2)) / 4 * 10 * penalty
     assert longer[1][0] == pytest.approx(expected)
 
+
+
+def test_cider_d_scorer_fixes_the_corpus_and_matches_cider_d_on_it():
+    references = [["a red circle".split(), "one red circle".split()],
+                  ["a blue square left of a red star".split(), "a blue square".split()],
+                  ["two green stars".split(), "green stars".split()]]
+    candidates = ["a red circle".split(), "a blue square".split(), "stars green two".split()]
+    scorer = CiderDScorer(references)
+    _, each = cider_d(candidates, references)
+    assert [scorer(c, i) for i, c in enumerate(candidates)] == pytest.approx(each, rel=1e-12)
+    # the score of one image does not depend on which others are scored beside it
+    assert scorer(candidates[1], 1) == pytest.approx(each[1])
+    assert cider_d(candidates[:2], references[:2])[1][1] != pytest.approx(each[1])
+    # max_n and sigma are those of cider_d
+    short = CiderDScorer(references, max_n=2, sigma=1.0)
+    assert short("a red".split(), 0) == pytest.approx(
+        cider_d(["a red".split()] + candidates[1:], references, max_n=2, sigma=1.0)[1][0])
+    with pytest.raises(ValueError, match="at least one image"):
+        CiderDScorer([])
 
 # --- PTB tokenisation ----------------------------------------------------------------------------
 

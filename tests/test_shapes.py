@@ -530,3 +530,19 @@ def test_mentions_point_each_noun_at_its_objects():
     found = shapes.mentions("<start> the image shows a red circle left of two blue squares", scene)
     assert found == [(5, [0]), (10, [1, 2])]
     assert shapes.mentions("circle red a", scene) is None
+
+
+def test_phrasings_are_distinct_true_complete_captions_of_the_kind_asked():
+    rng = np.random.default_rng(4)
+    scene = shapes.generate_scene(rng, 64, min_objects=2, max_objects=2)
+    while not shapes.phrasings(scene, True, rng, draws=50):  # a scene where a relation holds
+        scene = shapes.generate_scene(rng, 64, min_objects=2, max_objects=2)
+    for relation in (False, True):
+        found = shapes.phrasings(scene, relation, np.random.default_rng(0))
+        assert found == sorted(set(found)) and len(found) > 3
+        for caption in found:
+            assert shapes.check_caption(caption, scene).exact
+            assert bool(shapes.stated_relations(caption, scene)) == relation
+    one = shapes.generate_scene(rng, 64, min_objects=1, max_objects=1)
+    assert shapes.phrasings(one, True, rng) == []
+    assert "a" in " ".join(shapes.phrasings(one, False, rng)).split()

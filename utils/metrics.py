@@ -639,6 +639,41 @@ def cider_d(candidates: Sequence[Sequence[str]], references: Sequence[Sequence[S
     return sum(scores) / len(scores), scores
 
 
+class CiderDScorer:
+    """CIDEr-D of one candidate against one image's references, with the document frequencies of
+    a fixed corpus: the ``references`` given here, one list of tokenised captions per image.
+
+    :func:`cider_d` takes the frequencies from the images it scores, so one image's score
+    depends on the others scored with it; a training reward must not, so self-critical training
+    (:mod:`utils.scst`) scores against the training references, as Rennie et al. (2017) did.
+    The references' tf-idf vectors are computed once. ``scorer(candidate, image)`` equals
+    :func:`cider_d`'s score of that image when ``references`` is the scored corpus.
+    """
+
+    def __init__(self, references: Sequence[Sequence[Sequence[str]]], max_n: int = 4,
+                 sigma: float = 6.0):
+        if not references:
+            raise ValueError("CIDEr-D needs the references of at least one image")
+        self.max_n, self.sigma = max_n, sigma
+        self.document_frequency = collections.Counter()
+        for image_references in references:
+            self.document_frequency.update({gram for reference in image_references
+                                            for gram in _all_ngrams(reference, max_n)})
+        self.log_images = math.log(len(references))
+        self.reference_vectors = [[self._vector(reference) for reference in image_references]
+                                  for image_references in references]
+
+    def _vector(self, words: Sequence[str]) -> _TfIdf:
+        return _tf_idf(words, self.document_frequency, self.log_images, self.max_n)
+
+    def __call__(self, candidate: Sequence[str], image: int) -> float:
+        candidate_vector = self._vector(candidate)
+        references = self.reference_vectors[image]
+        summed = sum(sum(_cider_similarity(candidate_vector, reference, self.sigma))
+                     for reference in references)
+        return summed / self.max_n / len(references) * 10.0
+
+
 # =================================================================================================
 # METEOR and SPICE: the official jars, run through Java
 # =================================================================================================

@@ -543,6 +543,20 @@ def reference_captions(
     return captions
 
 
+def phrasings(scene: dict, relation: bool, rng: np.random.Generator,
+              draws: int = 300) -> list[str]:
+    """Distinct true and complete captions of ``scene`` in the references' grammar, sorted: those
+    that state a relation (``relation=True``) or those that only list the objects. Found by
+    drawing ``draws`` references of that kind, so a phrasing may be missed but none is invented;
+    a scene where no relation holds clearly (or of one object) has no relation phrasings."""
+    found = set()
+    for _ in range(draws):
+        caption = _sample_caption(scene, relation, rng)
+        if caption is not None and bool(stated_relations(caption, scene)) == relation:
+            found.add(" ".join(tokenize(caption)))
+    return sorted(found)
+
+
 def _fresh_caption(
     scene: dict, wants_relation: bool, taken: list[str], rng: np.random.Generator
 ) -> str:
