@@ -1,4 +1,5 @@
-"""Soft attention vs Show and Tell vs hard attention on Shapes, trained alike.
+"""Soft attention vs Show and Tell (the mean region or the whole grid as its first input) vs hard
+attention on Shapes, trained alike.
 
     python -m benchmarks.decoders [--profile cpu] [--out benchmarks/results/decoders-cpu.json]
 
@@ -23,7 +24,7 @@ import utils
 from utils import datasets, evaluation, metrics, train
 from utils.captioner import captioner_from_profile
 
-DECODERS = ("soft", "show_and_tell", "hard")
+DECODERS = ("soft", "show_and_tell", "show_and_tell_grid", "hard")
 
 
 def score(model, split, vocabulary, max_words: int) -> dict:
@@ -35,6 +36,8 @@ def score(model, split, vocabulary, max_words: int) -> dict:
     result.update(exact=rates["all"]["exact"], correct=rates["all"]["correct"],
                   complete=rates["all"]["complete"], by_scene=rates,
                   grounding=evaluation.attention_grounding(captions, attention, split.scenes),
+                  informativeness=evaluation.informativeness(captions, split.scenes,
+                                                             split.references),
                   relations=train.relation_preference(model, split, vocabulary))
     return result
 

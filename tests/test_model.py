@@ -102,6 +102,7 @@ DECODER_SETTINGS = {
     "soft_additive": {},
     "soft_dot_gate": dict(scoring="dot", gate=True),
     "show_and_tell": dict(decoder="show_and_tell"),
+    "show_and_tell_grid": dict(decoder="show_and_tell_grid"),
     "hard": dict(decoder="hard"),
 }
 
@@ -346,8 +347,9 @@ def test_default_captioner_is_unchanged():
 
 @pytest.mark.parametrize("settings", [dict(scoring="dot", gate=True, label_smoothing=0.1),
                                       dict(decoder="hard", attention_regularization=0.1),
-                                      dict(decoder="show_and_tell")],
-                         ids=["soft_dot_gate", "hard", "show_and_tell"])
+                                      dict(decoder="show_and_tell"),
+                                      dict(decoder="show_and_tell_grid")],
+                         ids=["soft_dot_gate", "hard", "show_and_tell", "show_and_tell_grid"])
 def test_keras_file_round_trip(settings, tmp_path):
     keras.utils.set_random_seed(8)
     model = tiny_captioner(**settings)
@@ -365,10 +367,38 @@ def test_keras_file_round_trip(settings, tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+@pytest.mark.parametrize("image", ["mean", "grid"])
+def test_show_and_tell_reads_the_image_as_its_first_input(image):
+    """As in Vinyals et al.: from a zero state, the LSTM's first step reads the image vector;
+    the words start from the state it leaves. Only the grid form changes when the regions are
+    rearranged."""
+    model = tiny_captioner(decoder="show_and_tell_grid" if image == "grid" else "show_and_tell")
+    images, captions = tiny_batch()
+    model((images, captions[:, :-1]))
+    decoder = model.decoder
+    regions = model.encoder(images)
+    h, c, uniform = decoder.initial_state(regions)
+    summary = (keras.ops.reshape(regions, (len(images), -1)) if image == "grid"
+               else keras.ops.mean(regions, axis=1))
+    zeros = np.zeros((len(images), decoder.units), "float32")
+    _, (h_by_hand, c_by_hand) = decoder.cell(decoder.image_input(summary), [zeros, zeros])
+    np.testing.assert_allclose(h, h_by_hand, rtol=1e-6)
+    np.testing.assert_allclose(c, c_by_hand, rtol=1e-6)
+    np.testing.assert_allclose(uniform, np.full(uniform.shape, 1 / regions.shape[1]))
+    shuffled = keras.ops.take(regions, np.random.default_rng(0).permutation(regions.shape[1]),
+                              axis=1)
+    moved = decoder.initial_state(shuffled)[0]
+    if image == "grid":
+        assert not np.allclose(moved, h, atol=1e-4)
+    else:
+        np.testing.assert_allclose(moved, h, rtol=1e-5, atol=1e-6)
+
+
 def test_settings_that_would_do_nothing_are_refused():
     for settings in (dict(decoder="glance"), dict(scoring="cosine"),
                      dict(decoder="show_and_tell", gate=True),
-                     dict(decoder="show_and_tell", attention_regularization=1.0)):
+                     dict(decoder="show_and_tell", attention_regularization=1.0),
+                     dict(decoder="show_and_tell_grid", scoring="dot")):
         with pytest.raises(ValueError):
             tiny_captioner(**settings)
     assert isinstance(tiny_captioner(decoder="hard").decoder, HardAttentionDecoder)

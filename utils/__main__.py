@@ -144,9 +144,11 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-jit", action="store_true",
                         help="run the decoder without XLA: starts faster, trains slower per step "
                              "(worth it only for very short runs)")
-    parser.add_argument("--decoder", choices=("soft", "show_and_tell", "hard"), default="soft",
+    parser.add_argument("--decoder", choices=("soft", "show_and_tell", "show_and_tell_grid", "hard"),
+                        default="soft",
                         help="soft attention (default), the Show and Tell baseline without "
-                             "attention, or hard attention")
+                             "attention (the image as the first input, its regions averaged, or "
+                             "side by side with show_and_tell_grid), or hard attention")
     parser.set_defaults(run=_run_train,
                         interrupted="run the same command again to continue from the last epoch")
 

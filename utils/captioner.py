@@ -336,7 +336,7 @@ class FastCaptioner(Captioner):
 
 # >>> chapters/05_implementation.ipynb, section 5.11: edit it there, then `make code`
 ENCODERS = ("cnn", "features", "backbone")
-DECODERS = ("soft", "show_and_tell", "hard")
+DECODERS = ("soft", "show_and_tell", "show_and_tell_grid", "hard")
 SCORINGS = ("additive", "dot")
 
 
@@ -366,7 +366,8 @@ def build_captioner(
 ):
     """A captioner assembled from parts named by strings: ``encoder``
     ``"cnn"`` (section 5.4), ``"features"`` or ``"backbone"`` (5.16);
-    ``decoder`` ``"soft"`` (5.6), ``"show_and_tell"`` or ``"hard"`` (5.15),
+    ``decoder`` ``"soft"`` (5.6), ``"show_and_tell"``,
+    ``"show_and_tell_grid"`` or ``"hard"`` (5.15),
     with ``scoring`` ``"additive"`` or ``"dot"`` (5.5). A
     :class:`FastCaptioner` unless ``fast=False``; ``options`` go to the
     :class:`Captioner`."""
@@ -380,13 +381,13 @@ def build_captioner(
             f"decoder one of {DECODERS}, scoring one of {SCORINGS}; "
             f"got {encoder!r}, {decoder!r}, {scoring!r}"
         )
-    if decoder == "show_and_tell" and (
+    if decoder.startswith("show_and_tell") and (
         scoring != "additive"
         or gate
         or options.get("attention_regularization")
     ):
         raise ValueError(
-            "decoder='show_and_tell' has no attention: scoring, gate and "
+            f"decoder={decoder!r} has no attention: scoring, gate and "
             "attention_regularization do not apply to it"
         )
     region_dim = region_dim or filters[-1]
@@ -436,8 +437,9 @@ def build_captioner(
             entropy_bonus,
         )
     else:
+        image = "grid" if decoder == "show_and_tell_grid" else "mean"
         word_decoder = ShowAndTellDecoder(
-            vocab_size, embed_dim, units, dropout
+            vocab_size, embed_dim, units, dropout, image
         )
     if fast:
         return FastCaptioner(

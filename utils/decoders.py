@@ -196,34 +196,58 @@ class AttentionDecoder(CaptionDecoder):
 # >>> chapters/05_implementation.ipynb, section 5.15: edit it there, then `make code`
 @serializable
 class ShowAndTellDecoder(CaptionDecoder):
-    """The attention-free baseline of Show and Tell (Vinyals et al.): the
-    image, summarised as its mean region, sets the LSTM's initial state and
-    is never looked at again.
+    """The attention-free decoder of Show and Tell (Vinyals et al.): the
+    image, as one vector the size of a word vector, is the LSTM's first
+    input, one step before ``<start>``; the LSTM starts from zeros and never
+    looks at the image again.
 
-    So that it fits the shared interface, its ``weights`` are uniform over
-    the regions (``1/R`` each): "looking everywhere equally", which is what a
-    plain mean is.
+    ``image`` says how the regions become that vector: ``"mean"``, their
+    average (the paper pools its CNN's last feature map), or ``"grid"``,
+    all regions side by side through one dense layer, which keeps where each
+    is. So that it fits the shared interface, its ``weights`` are uniform
+    over the regions (``1/R`` each).
     """
 
-    def __init__(self, vocab_size, embed_dim, units, dropout=0.0, **kwargs):
+    def __init__(
+        self,
+        vocab_size,
+        embed_dim,
+        units,
+        dropout=0.0,
+        image="mean",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        if image not in ("mean", "grid"):
+            raise ValueError(
+                f"image must be 'mean' or 'grid', got {image!r}"
+            )
         self.vocab_size, self.embed_dim = vocab_size, embed_dim
-        self.units, self.dropout_rate = units, dropout
+        self.units, self.dropout_rate, self.image = units, dropout, image
         self.embedding = layers.Embedding(vocab_size, embed_dim)
         self.cell = layers.LSTMCell(units)
-        self.init_h = layers.Dense(units, activation="tanh")
-        self.init_c = layers.Dense(units, activation="tanh")
         self.dropout = layers.Dropout(dropout)
         self.logits = layers.Dense(vocab_size, dtype="float32")
+        # the image as the first input (W_I in the paper)
+        self.image_input = layers.Dense(embed_dim)
 
     def initial_state(self, regions):
-        """``(h, c, uniform weights [B, R])``; h and c from the mean
-        region."""
-        mean = ops.mean(regions, axis=1)
+        """``(h, c, uniform weights [B, R])``: the state after the LSTM has
+        read the image."""
+        if self.image == "grid":
+            # [B, R * D]: region i's features keep their own columns
+            summary = ops.reshape(
+                regions, (-1, regions.shape[1] * regions.shape[2])
+            )
+        else:
+            summary = ops.mean(regions, axis=1)
+        image = self.image_input(summary)
+        zeros = ops.zeros((ops.shape(image)[0], self.units), image.dtype)
+        _, (h, c) = self.cell(image, [zeros, zeros])
         uniform = (
             ops.ones_like(regions[:, :, 0], "float32") / regions.shape[1]
         )
-        return (self.init_h(mean), self.init_c(mean), uniform)
+        return (h, c, uniform)
 
     def decoder_step(self, tokens, state, training):
         h, c, uniform = state
@@ -241,6 +265,7 @@ class ShowAndTellDecoder(CaptionDecoder):
             "embed_dim": self.embed_dim,
             "units": self.units,
             "dropout": self.dropout_rate,
+            "image": self.image,
         }
 # <<< chapters/05_implementation.ipynb
 
