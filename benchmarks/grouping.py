@@ -67,7 +67,9 @@ def main() -> None:
             "history": train.read_history(run_dir),
             "test_exact": rates["all"]["exact"], "test_correct": rates["all"]["correct"],
             "test_exact_by_objects": {key: rates[key]["exact"] for key in
-                                      ("1 object", "2 objects", "3 objects") if key in rates}}
+                                      ("1 object", "2 objects", "3 objects") if key in rates},
+            "test_informativeness": evaluation.informativeness(captions, test.scenes,
+                                                               test.references)}
         print(name, {k: results[name][k] for k in ("decoder_steps_per_batch", "test_exact")})
     write_report(out, "grouping", profile.name, results)
 

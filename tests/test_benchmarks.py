@@ -141,3 +141,18 @@ def test_the_readme_quotes_the_measured_times_of_its_commands():
         for phrase in phrases:
             assert phrase in readme, (f"README.md does not quote {path.name}: "
                                       "python -m benchmarks.commands --update-readme")
+
+
+def test_the_scst_benchmark_reads_its_headline_from_one_scored_report():
+    from benchmarks import scst as scst_benchmark
+
+    told = {"2 objects": {"captions with a relation": 0.5},
+            "3 objects": {"captions with a relation": 0.25},
+            "relations": {"stated": 8, "true": 0.75, "exact when stating one": 0.5}}
+    report = {"test": {"CIDEr": 4.0, "exact": 0.9, "informativeness": told,
+                       "by_scene": {"3 objects": {"exact": 0.8}}},
+              "test_novel": {"exact": 0.6}}
+    assert scst_benchmark.headline(report) == {
+        "CIDEr": 4.0, "exact": 0.9, "exact, 3 objects": 0.8, "exact, test_novel": 0.6,
+        "relation, 2 objects": 0.5, "relation, 3 objects": 0.25, "relations true": 0.75}
+    assert set(scst_benchmark.REWARDS) == {"cider", "told"}

@@ -41,6 +41,9 @@ def test_caption_rates_by_group():
                                  "exact": 0.5}
     assert rates["with relation"]["count"] == 1 and rates["with relation"]["exact"] == 1.0
     assert "3 objects" not in rates
+    # a relation word in a caption outside the grammar states no relation
+    garbled = caption_rates(["left of a red circle"], [one])
+    assert "with relation" not in garbled and garbled["without relation"]["count"] == 1
 
 
 def test_stated_relations_are_judged_one_by_one():

@@ -20,14 +20,16 @@ def caption_rates(captions: Sequence[str], scenes: Sequence[dict]) -> dict[str, 
     """Share of captions that parse, are correct, complete and exact, overall and per group.
 
     Groups: ``all``, ``1 object`` / ``2 objects`` / ``3 objects`` (by the true scene), and
-    ``with relation`` / ``without relation`` (by whether the *generated* caption states one).
+    ``with relation`` / ``without relation`` (by whether the *generated* caption states one, as
+    :func:`informativeness` decides it: a caption outside the grammar states none).
     Each group also reports its ``count``.
     """
     groups: dict[str, list] = collections.defaultdict(list)
     for caption, scene in zip(captions, scenes, strict=True):
         check = shapes.check_caption(caption, scene)
         objects = len(scene["objects"])
-        relation = bool(RELATION_WORDS & set(shapes.tokenize(caption)))
+        # as informativeness() counts it: a relation the parser finds
+        relation = bool(shapes.stated_relations(caption, scene))
         for name in ("all", f"{objects} object{'s' if objects > 1 else ''}",
                      "with relation" if relation else "without relation"):
             groups[name].append(check)
