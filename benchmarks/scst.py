@@ -19,21 +19,10 @@ import utils
 from utils import scst, train
 
 from .decoders import score, write_report
+from .results_table import headline
 
 #: The rewards of chapter 6: CIDEr-D alone, and with the truth and discrimination terms.
 REWARDS = {"cider": {"truth": 0.0, "discrimination": 0.0}, "told": scst.TOLD_REWARD}
-
-
-def headline(report: dict) -> dict:
-    """The figures the chapter and the README quote, from one :func:`score` of test and
-    test_novel."""
-    test, told = report["test"], report["test"]["informativeness"]
-    return {"CIDEr": test["CIDEr"], "exact": test["exact"],
-            "exact, 3 objects": test["by_scene"]["3 objects"]["exact"],
-            "exact, test_novel": report["test_novel"]["exact"],
-            "relation, 2 objects": told["2 objects"]["captions with a relation"],
-            "relation, 3 objects": told["3 objects"]["captions with a relation"],
-            "relations true": told["relations"]["true"]}
 
 
 def main() -> None:

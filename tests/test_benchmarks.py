@@ -144,6 +144,7 @@ def test_the_readme_quotes_the_measured_times_of_its_commands():
 
 
 def test_the_scst_benchmark_reads_its_headline_from_one_scored_report():
+    from benchmarks import results_table
     from benchmarks import scst as scst_benchmark
 
     told = {"2 objects": {"captions with a relation": 0.5},
@@ -152,7 +153,20 @@ def test_the_scst_benchmark_reads_its_headline_from_one_scored_report():
     report = {"test": {"CIDEr": 4.0, "exact": 0.9, "informativeness": told,
                        "by_scene": {"3 objects": {"exact": 0.8}}},
               "test_novel": {"exact": 0.6}}
-    assert scst_benchmark.headline(report) == {
+    assert results_table.headline(report) == {
         "CIDEr": 4.0, "exact": 0.9, "exact, 3 objects": 0.8, "exact, test_novel": 0.6,
         "relation, 2 objects": 0.5, "relation, 3 objects": 0.25, "relations true": 0.75}
     assert set(scst_benchmark.REWARDS) == {"cider", "told"}
+
+
+def test_the_readme_results_table_is_generated_from_the_stored_results():
+    from benchmarks import results_table
+
+    decoders, scst = results_table.stored()
+    table = results_table.render(decoders, scst)
+    readme = results_table.README.read_text()
+    assert readme == results_table.readme_with_table(readme, table), (
+        "README.md's results table is out of date: run "
+        "`python -m benchmarks.results_table --update-readme`")
+    names = [name for name, _ in results_table.rows(decoders, scst)]
+    assert len(names) == len(decoders["results"]) + len(scst["results"])
