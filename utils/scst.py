@@ -155,7 +155,7 @@ class SelfCriticalSettings:
 #: Per profile (``utils.profile``).
 SETTINGS = {
     "smoke": SelfCriticalSettings(4, 8, 2, 1e-4, 2, 16),
-    "cpu": SelfCriticalSettings(150, 64, 4, 2e-4, 25, 300),
+    "cpu": SelfCriticalSettings(120, 64, 4, 2e-4, 20, 200),
     "gpu": SelfCriticalSettings(3000, 64, 5, 5e-5, 250, 1000),
 }
 #: The weights of the truth and discrimination terms in the "told" reward.
