@@ -15,6 +15,8 @@ import json
 import pathlib
 import statistics
 
+from utils.evaluation import relation_summary
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
@@ -31,13 +33,11 @@ DECODER_NAMES = {"soft": "soft attention", "show_and_tell": "Show and Tell (mean
 def headline(report: dict) -> dict:
     """The figures the table, chapter 6 and the closing notes quote, from one scoring of the test
     and test_novel splits (:func:`benchmarks.decoders.score`)."""
-    test, told = report["test"], report["test"]["informativeness"]
+    test = report["test"]
     return {"CIDEr": test["CIDEr"], "exact": test["exact"],
             "exact, 3 objects": test["by_scene"]["3 objects"]["exact"],
             "exact, test_novel": report["test_novel"]["exact"],
-            "relation, 2 objects": told["2 objects"]["captions with a relation"],
-            "relation, 3 objects": told["3 objects"]["captions with a relation"],
-            "relations true": told["relations"]["true"]}
+            **relation_summary(test["informativeness"])}
 
 
 def rows(decoders: dict, scst: dict) -> list[tuple[str, dict]]:

@@ -35,16 +35,19 @@ def main() -> None:
     out = args.out or pathlib.Path(f"benchmarks/results/scst-{profile.name}.json")
     max_words = profile.max_caption_tokens + 1
     model, vocabulary, splits = train.train_or_load(profile, verbose=0)
-    evaluated = {name: score(model, splits[name], vocabulary, max_words)
-                 for name in ("test", "test_novel")}
+
+    def scored(captioner) -> dict:
+        return {name: score(captioner, splits[name], vocabulary, max_words)
+                for name in ("test", "test_novel")}
+
+    evaluated = scored(model)
     results = {"cross-entropy": {"headline": headline(evaluated), **evaluated}}
     for reward, weights in REWARDS.items():
         runs = {}
         for seed in args.seeds:
             name = reward if seed == 0 else f"{reward}-seed{seed}"
             tuned, history = scst.run_or_load(profile, name, seed=seed, verbose=False, **weights)
-            evaluated = {split: score(tuned, splits[split], vocabulary, max_words)
-                         for split in ("test", "test_novel")}
+            evaluated = scored(tuned)
             runs[f"seed {seed}"] = {"stage_minutes": round(history[-1]["seconds"] / 60, 2),
                                     "headline": headline(evaluated), "history": history,
                                     **evaluated}

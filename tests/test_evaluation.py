@@ -3,7 +3,7 @@ import pytest
 
 from utils import shapes
 from utils.evaluation import (attention_grounding, caption_rates, informativeness,
-                              relation_pairs)
+                              relation_pairs, relation_summary)
 
 SCENE = {"image_size": 64, "objects": [
     {"shape": "circle", "colour": "red", "size": "small", "bbox": [2, 2, 15, 15]},
@@ -109,3 +109,13 @@ def test_attribute_confusions_compare_what_was_said_with_what_was_looked_at():
     ]
     # a peak on empty background is skipped
     assert attribute_confusions(["a red circle"], one_hot({2: (0, 7)})[None], [SCENE]) == []
+
+
+def test_relation_summary_flattens_an_informativeness_report():
+    one = {"image_size": 64, "objects": SCENE["objects"][:1]}
+    report = informativeness(["a red circle left of a blue square", "a red circle"],
+                             [SCENE, one], [["a red circle and a blue square"], ["a red circle"]])
+    summary = relation_summary(report)
+    assert list(summary) == ["relation, 2 objects", "relation, 3 objects", "relations true"]
+    assert summary["relation, 2 objects"] == 1.0 and summary["relations true"] == 1.0
+    assert np.isnan(summary["relation, 3 objects"])  # no scene of three objects

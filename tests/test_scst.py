@@ -161,6 +161,7 @@ def test_an_interrupted_stage_continues_where_it_stopped(tiny, tmp_path, monkeyp
     monkeypatch.setattr(scst, "self_critical_step", None)
     again = _stage(_model(vocab), vocab, splits, tmp_path / "whole")
     assert [row["step"] for row in again] == [0, 2, 4]
+    assert "whole: finished, loaded" in capsys.readouterr().out
 
 
 def test_a_stored_stage_that_cannot_be_used_is_started_over(tiny, tmp_path, capsys):

@@ -69,6 +69,16 @@ def informativeness(captions: Sequence[str], scenes: Sequence[dict],
     return report
 
 
+def relation_summary(report: dict) -> dict[str, float]:
+    """The three figures of an :func:`informativeness` report that the book's tables show:
+    ``relation, 2 objects`` and ``relation, 3 objects`` (the share of those scenes' captions
+    that state a relation; ``nan`` when the split has no such scene) and ``relations true``."""
+    summary = {f"relation, {n} objects": report.get(f"{n} objects", {}).get(
+        "captions with a relation", float("nan")) for n in (2, 3)}
+    summary["relations true"] = report["relations"]["true"]
+    return summary
+
+
 def _share(flags: Sequence[bool]) -> float:
     return float(np.mean(flags)) if len(flags) else float("nan")
 

@@ -613,41 +613,14 @@ def _cider_similarity(candidate: _TfIdf, reference: _TfIdf, sigma: float) -> lis
     return similarities
 
 
-def cider_d(candidates: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]],
-            max_n: int = 4, sigma: float = 6.0) -> tuple[float, list[float]]:
-    """CIDEr-D of tokenised candidates: ``(corpus mean, per-image scores)``.
-
-    N-grams of 1 to ``max_n`` words are weighted by tf-idf, where the document frequency of an
-    n-gram is the number of images whose *references* contain it, among the images scored here
-    (so one image's score depends on the rest of the corpus). Per image: the mean over n of the
-    similarity averaged over the references, times 10.
-    """
-    document_frequency = collections.Counter()
-    for image_references in references:
-        document_frequency.update({gram for reference in image_references
-                                   for gram in _all_ngrams(reference, max_n)})
-    log_images = math.log(len(references))
-    scores = []
-    for candidate, image_references in zip(candidates, references):
-        candidate_vector = _tf_idf(candidate, document_frequency, log_images, max_n)
-        summed = [0.0] * max_n
-        for reference in image_references:
-            reference_vector = _tf_idf(reference, document_frequency, log_images, max_n)
-            similarity = _cider_similarity(candidate_vector, reference_vector, sigma)
-            summed = [a + b for a, b in zip(summed, similarity)]
-        scores.append(sum(summed) / max_n / len(image_references) * 10.0)
-    return sum(scores) / len(scores), scores
-
-
 class CiderDScorer:
     """CIDEr-D of one candidate against one image's references, with the document frequencies of
     a fixed corpus: the ``references`` given here, one list of tokenised captions per image.
 
-    :func:`cider_d` takes the frequencies from the images it scores, so one image's score
-    depends on the others scored with it; a training reward must not, so self-critical training
-    (:mod:`utils.scst`) scores against the training references, as Rennie et al. (2017) did.
-    The references' tf-idf vectors are computed once. ``scorer(candidate, image)`` equals
-    :func:`cider_d`'s score of that image when ``references`` is the scored corpus.
+    :func:`cider_d` is this scorer over the references of the images it scores, so one image's
+    score depends on the others scored with it; a training reward must not, so self-critical
+    training (:mod:`utils.scst`) scores against the training references, as Rennie et al.
+    (2017) did. The references' tf-idf vectors are computed once.
     """
 
     def __init__(self, references: Sequence[Sequence[Sequence[str]]], max_n: int = 4,
@@ -672,6 +645,20 @@ class CiderDScorer:
         summed = sum(sum(_cider_similarity(candidate_vector, reference, self.sigma))
                      for reference in references)
         return summed / self.max_n / len(references) * 10.0
+
+
+def cider_d(candidates: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]],
+            max_n: int = 4, sigma: float = 6.0) -> tuple[float, list[float]]:
+    """CIDEr-D of tokenised candidates: ``(corpus mean, per-image scores)``.
+
+    N-grams of 1 to ``max_n`` words are weighted by tf-idf, where the document frequency of an
+    n-gram is the number of images whose *references* contain it, among the images scored here
+    (so one image's score depends on the rest of the corpus). Per image: the mean over n of the
+    similarity averaged over the references, times 10.
+    """
+    scorer = CiderDScorer(references, max_n, sigma)
+    scores = [scorer(candidate, image) for image, candidate in enumerate(candidates)]
+    return sum(scores) / len(scores), scores
 
 
 # =================================================================================================

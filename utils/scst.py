@@ -178,13 +178,7 @@ def greedy_scores(model, split, vocabulary, max_length, count):
     told = evaluation.informativeness(
         captions, split.scenes[:count], split.references[:count]
     )
-    for n in (2, 3):
-        shares = told.get(f"{n} objects", {})
-        row[f"relation, {n} objects"] = shares.get(
-            "captions with a relation", float("nan")
-        )
-    row["relations true"] = told["relations"]["true"]
-    return row
+    return {**row, **evaluation.relation_summary(told)}
 
 
 def train_self_critical(
@@ -338,7 +332,9 @@ def load_progress(model, optimizer, run_dir, identity) -> list[dict]:
         print(f"{run_dir}: the stored self-critical run cannot be read "
               f"({' '.join(str(error).split())}); starting over")
         return []
-    print(f"{run_dir.name}: continuing from step {history[-1]['step']}")
+    step = history[-1]["step"]
+    finished = step >= identity["settings"]["steps"]
+    print(f"{run_dir.name}: " + ("finished, loaded" if finished else f"continuing from step {step}"))
     return history
 
 
