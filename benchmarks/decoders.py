@@ -4,7 +4,8 @@ attention on Shapes, trained alike.
     python -m benchmarks.decoders [--profile cpu] [--out benchmarks/results/decoders-cpu.json]
 
 Each decoder is trained with the profile's settings (train.fit, best epoch by validation exact
-rate), then greedy captions of the test and test_novel splits are scored, and the model is asked
+rate; its validation curves are kept), then greedy captions of the test and test_novel splits
+are scored, and the model is asked
 which of a true relation caption and its mirror image ("left of" <-> "right of") is more likely
 (train.relation_preference). Results go to a JSON file with the machine, the versions and the date.
 ``--reuse`` scores the runs a previous invocation finished instead of training them again (their
@@ -90,7 +91,11 @@ def main() -> None:
             train.fit(model, splits["train"], splits["val"], vocabulary, profile, run_dir,
                       verbose=2)
             minutes = (time.perf_counter() - started) / 60
-        results[decoder] = {"training_minutes": round(minutes, 2),
+        history = train.read_history(run_dir)
+        results[decoder] = {"training_minutes": round(minutes, 2), "epochs": profile.epochs,
+                            "batch_size": profile.batch_size,
+                            # the learning curves: validation exact rate and loss per epoch
+                            "val_exact": history["val_exact"], "val_loss": history["val_loss"],
                             **{name: score(model, splits[name], vocabulary, max_words)
                                for name in ("test", "test_novel")}}
         print(decoder, json.dumps({k: results[decoder]["test"][k]

@@ -167,6 +167,24 @@ def test_training_terms_ignore_padding_columns(settings):
         np.testing.assert_allclose(short.reward.numpy(), padded.reward.numpy(), rtol=1e-6)
 
 
+def test_hard_attention_weighs_its_reinforce_term_by_lambda_r():
+    """The surrogate is scaled by reinforce_weight (the paper's lambda_r), the entropy term is
+    not: with the same draws, weight 0.1 gives a tenth of weight 1's term when lambda_e is 0."""
+    keras.utils.set_random_seed(6)
+    model = tiny_captioner(decoder="hard", entropy_bonus=0.0, reinforce_weight=1.0)
+    images, captions = tiny_batch()
+    model((images[:1], captions[:1, :-1]))
+    model.decoder.reward_baseline.assign(-3.0)
+    terms = {}
+    for weight in (1.0, 0.1):
+        model.decoder.reinforce_weight = weight
+        model.decoder.sampler.state.assign([0, 11])
+        terms[weight] = float(model.objective(images, captions, training=True).reinforce)
+    assert terms[1.0] != 0.0
+    np.testing.assert_allclose(terms[0.1], 0.1 * terms[1.0], rtol=1e-5)
+    assert build_captioner(12, decoder="hard").decoder.reinforce_weight == 0.1
+
+
 def test_step_buckets_cover_every_length_with_few_sizes():
     assert step_buckets(18) == (4, 8, 12, 16, 17)
     assert step_buckets(9) == (4, 8) and step_buckets(5) == (4,)

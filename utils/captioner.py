@@ -360,6 +360,7 @@ def build_captioner(
     seed=None,
     hard_expected_rate=0.5,
     entropy_bonus=0.01,
+    reinforce_weight=0.1,
     fast=True,
     jit_decoder=True,
     **options,
@@ -435,6 +436,7 @@ def build_captioner(
             seed,
             hard_expected_rate,
             entropy_bonus,
+            reinforce_weight,
         )
     else:
         image = "grid" if decoder == "show_and_tell_grid" else "mean"

@@ -294,8 +294,9 @@ class HardAttentionDecoder(AttentionDecoder):
     REINFORCE term of :meth:`reinforce_terms`, built from the
     :class:`Glimpses` that teacher forcing returns with ``training=True``.
     ``reward_baseline`` is the moving average of the reward that the term
-    subtracts to lower its variance; ``entropy_bonus`` weighs the attention's
-    entropy in it.
+    subtracts to lower its variance; ``reinforce_weight`` and
+    ``entropy_bonus`` are the paper's lambda_r and lambda_e, the weights of
+    the REINFORCE term and of the attention's entropy.
 
     ``expected_rate`` is the paper's other variance cut (section 4.1): at
     that rate a word sees the expected context instead of a sampled region,
@@ -319,6 +320,7 @@ class HardAttentionDecoder(AttentionDecoder):
         seed=None,
         expected_rate=0.5,
         entropy_bonus=0.01,
+        reinforce_weight=0.1,
         **kwargs,
     ):
         super().__init__(
@@ -333,6 +335,7 @@ class HardAttentionDecoder(AttentionDecoder):
         )
         self.seed, self.expected_rate = seed, expected_rate
         self.entropy_bonus = entropy_bonus
+        self.reinforce_weight = reinforce_weight
         # A seeded generator: the same seed (or keras.utils.set_random_seed)
         # repeats the draws.
         self.sampler = keras.random.SeedGenerator(seed)
@@ -395,7 +398,9 @@ class HardAttentionDecoder(AttentionDecoder):
         location_log_prob = ops.sum(output.glimpses.log_prob * mask, axis=1)
         entropy = ops.sum(output.glimpses.entropy * mask) / tokens
         surrogate = -ops.sum(advantage * location_log_prob) / tokens
-        to_minimise = surrogate - self.entropy_bonus * entropy
+        to_minimise = (
+            self.reinforce_weight * surrogate - self.entropy_bonus * entropy
+        )
         return to_minimise, ops.stop_gradient(reward)
 
     def update_baseline(self, reward):
@@ -412,5 +417,6 @@ class HardAttentionDecoder(AttentionDecoder):
             "seed": self.seed,
             "expected_rate": self.expected_rate,
             "entropy_bonus": self.entropy_bonus,
+            "reinforce_weight": self.reinforce_weight,
         }
 # <<< chapters/05_implementation.ipynb
