@@ -182,7 +182,7 @@ def smoke_run(tmp_path_factory, worker_id) -> SmokeRun:
         shared = shared.parent
     root = shared / "smoke-run"
     out, data, printed = root / "runs" / "smoke", root / "data", root / "train-output.txt"
-    arguments = ("train", "--dataset", "shapes", "--profile", "smoke", "--out", str(out),
+    arguments = ("train", "--dataset", "shapes", "--profile", "smoke", "--run", str(out),
                  "--seed", "0")
     with open(shared / "smoke-run.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

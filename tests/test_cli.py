@@ -107,7 +107,7 @@ def test_missing_or_unknown_commands_fail_with_one_error_line(run_cli, arguments
 
 
 def test_train_refuses_an_unknown_decoder(tmp_path, run_cli):
-    result = run_cli("train", "--profile", "smoke", "--decoder", "pointer", "--out",
+    result = run_cli("train", "--profile", "smoke", "--decoder", "pointer", "--run",
                      str(tmp_path / "run"))
     assert_failed_cleanly(result)
     assert "show_and_tell" in result.stderr and not (tmp_path / "run").exists()
@@ -160,7 +160,7 @@ def test_train_again_continues_instead_of_starting_over(smoke_run, run_copy, run
     from utils import export
 
     arguments = [*smoke_run.arguments]
-    arguments[arguments.index("--out") + 1] = str(run_copy)
+    arguments[arguments.index("--run") + 1] = str(run_copy)
     again = run_cli(*arguments, env=smoke_run.env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "holds a finished run" in again.stdout and "Epoch" not in again.stdout
@@ -231,7 +231,7 @@ def test_caption_as_a_process_prints_captions_and_saves_attention(smoke_run, tmp
 
     first, second = write_two_images(tmp_path)
     figures = tmp_path / "attention"
-    result = run_process("caption", "--model", smoke_run.out, first, second,
+    result = run_process("caption", "--run", smoke_run.out, first, second,
                          "--attention-out", figures, env=smoke_run.env)
     assert result.returncode == 0, result.stderr[-3000:]
     expected = [text or "(no words)" for text, _ in export.caption(smoke_run.out, [first, second])]
@@ -256,9 +256,9 @@ def test_bad_input_fails_with_one_error_line(smoke_run, tmp_path, run_cli):
     cases = [
         (["evaluate", "--run", tmp_path / "no-run", "--split", "test"], "no captioner export"),
         (["evaluate", "--run", run, "--split", "tset"], "unknown split 'tset'"),
-        (["caption", "--model", run, good, tmp_path / "page.png"], "page.png"),
-        (["caption", "--model", mismatched, good], "vocabulary.json does not match"),
-        (["train", "--dataset", "flickr8k", "--out", tmp_path / "f"], "only the shapes dataset"),
+        (["caption", "--run", run, good, tmp_path / "page.png"], "page.png"),
+        (["caption", "--run", mismatched, good], "vocabulary.json does not match"),
+        (["train", "--dataset", "flickr8k", "--run", tmp_path / "f"], "only the shapes dataset"),
         (other_seed, "seed 0"),
     ]
     before = sorted(p.relative_to(run) for p in run.rglob("*"))

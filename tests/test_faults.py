@@ -233,7 +233,7 @@ def test_a_malformed_export_json_names_the_file_and_the_field(
     path.write_text(json.dumps(metadata))
     # a huge image_size must be refused, not tried: a 10**6-pixel square is a 3 TB resize
     monkeypatch.setattr("utils.export.load_images", lambda *args: pytest.fail("images loaded"))
-    status, _, err = run_main(capsys, "caption", "--model", run, good_png)
+    status, _, err = run_main(capsys, "caption", "--run", run, good_png)
     assert_one_error(status, err, str(path), expected)
 
 
@@ -241,7 +241,7 @@ def test_a_null_vocabulary_size_is_blamed_on_export_json(exported, tmp_path, cap
     run = copy(exported, tmp_path)
     path = run / "captioner" / "export.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "vocabulary_size": None}))
-    status, _, err = run_main(capsys, "caption", "--model", run, good_png)
+    status, _, err = run_main(capsys, "caption", "--run", run, good_png)
     assert_one_error(status, err, str(path), "'vocabulary_size' should be an integer")
     assert "vocabulary.json" not in err
 
@@ -254,7 +254,7 @@ def test_a_damaged_model_file_with_a_matching_hash_is_named(exported, tmp_path, 
     model_file.write_bytes(model_file.read_bytes()[:5000])  # cut short, then the hash "fixed"
     path.write_text(json.dumps({**json.loads(path.read_text()),
                                 "model_sha256": file_sha256(model_file)}))
-    status, _, err = run_main(capsys, "caption", "--model", run, good_png)
+    status, _, err = run_main(capsys, "caption", "--run", run, good_png)
     assert_one_error(status, err, str(model_file), "cut short or damaged")
     assert "not found" not in err
 
@@ -281,7 +281,7 @@ def test_the_export_folder_follows_the_umask(tmp_path):
 def test_a_damaged_run_settings_file_is_named(tmp_path, capsys, content, expected):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run-settings.json").write_text(content)
-    status, _, err = run_main(capsys, "train", "--profile", "smoke", "--out", tmp_path / "run")
+    status, _, err = run_main(capsys, "train", "--profile", "smoke", "--run", tmp_path / "run")
     assert_one_error(status, err, str(tmp_path / "run" / "run-settings.json"), expected)
     assert (tmp_path / "run" / "run-settings.json").read_text() == content
 
@@ -289,7 +289,7 @@ def test_a_damaged_run_settings_file_is_named(tmp_path, capsys, content, expecte
 # --- 6. every argument is checked before anything is written -----------------------------------
 
 def test_an_out_of_range_seed_is_refused_before_the_run_folder_is_made(tmp_path, capsys):
-    status, _, err = run_main(capsys, "train", "--profile", "smoke", "--out", tmp_path / "run",
+    status, _, err = run_main(capsys, "train", "--profile", "smoke", "--run", tmp_path / "run",
                               "--seed", "99999999999999999999999")
     assert_one_error(status, err, "--seed", "4294967295")
     assert status == 2 and not (tmp_path / "run").exists()
@@ -381,7 +381,7 @@ def test_caption_captions_every_readable_image_and_names_every_bad_one(
         exported, tmp_path, capsys, good_png):
     bad, missing, figures = tmp_path / "bad.png", tmp_path / "missing.png", tmp_path / "figures"
     bad.write_text("<html>404</html>")
-    status, out, err = run_main(capsys, "caption", "--model", exported, bad, good_png, missing,
+    status, out, err = run_main(capsys, "caption", "--run", exported, bad, good_png, missing,
                                 "--attention-out", figures)
     assert status == 1 and "Traceback" not in err
     assert out.splitlines()[0].startswith(f"{good_png}: ")
@@ -400,7 +400,7 @@ def test_a_symlink_loop_and_a_fifo_are_called_what_they_are(exported, tmp_path, 
     loop, fifo = tmp_path / "loop.png", tmp_path / "fifo.png"
     loop.symlink_to(loop)
     os.mkfifo(fifo)  # opening it would wait forever for a writer
-    status, out, err = run_main(capsys, "caption", "--model", exported, loop, fifo)
+    status, out, err = run_main(capsys, "caption", "--run", exported, loop, fifo)
     errors = err.strip().splitlines()
     assert status == 1 and out == "" and len(errors) == 2, err
     assert str(loop) in errors[0] and "symbolic link" in errors[0]
@@ -488,3 +488,47 @@ def test_a_finished_run_with_unreadable_best_weights_says_it_trains_again(
     err = capsys.readouterr().err
     assert f"warning: {run / 'best.weights.h5'} is unreadable (" in err
     assert "trained again from scratch" in err
+
+
+# --- 7. one spelling of the run folder; every --help shows an example that parses ---------------
+
+def test_the_run_folder_is_required_and_named_in_one_error_line(capsys):
+    for command in ("train", "evaluate", "caption"):
+        extra = {"evaluate": ["--split", "test"], "caption": ["a.png"]}.get(command, [])
+        status, _, err = run_main(capsys, command, *extra)
+        assert_one_error(status, err, "--run DIR")
+        assert status == 2
+
+
+@pytest.mark.parametrize("old, command", [("--out", "train"), ("--model", "caption")])
+def test_a_former_spelling_still_works_and_says_so(old, command, tmp_path):
+    import contextlib
+    import io
+
+    from utils.__main__ import build_parser
+
+    extra = ["a.png"] if command == "caption" else []
+    parser = build_parser()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        args = parser.parse_args([command, old, str(tmp_path / "run"), *extra])
+    assert args.run_dir == tmp_path / "run"
+    assert err.getvalue().strip() == f"note: {old} is deprecated; use --run"
+
+
+def test_every_command_help_ends_with_an_example_that_parses(capsys):
+    import shlex
+
+    from utils.__main__ import _COMMANDS, build_parser
+
+    parser = build_parser()
+    assert len(_COMMANDS) == 4
+    for name in ("shapes", "train", "evaluate", "caption"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([name, "--help"])
+        example = capsys.readouterr().out.rstrip().splitlines()[-1].strip()
+        words = shlex.split(example)
+        assert words[:3] == ["python", "-m", "utils"] and words[3] == name, example
+        args = parser.parse_args(words[3:])  # no SystemExit: the example is a valid command
+        assert args.command == name
+        assert capsys.readouterr().err == ""  # and uses no former spelling

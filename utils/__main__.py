@@ -8,8 +8,8 @@ Commands:
     replaces only a dataset folder this program wrote (utils.shapes.write_dataset says how it
     tells); a folder holding anything else is never deleted.
 ``train``
-    Train a captioner on the profile's Shapes dataset and export it to ``OUT/captioner``, e.g.
-    ``python -m utils train --dataset shapes --profile cpu --out runs/shapes-cpu --seed 0``;
+    Train a captioner on the profile's Shapes dataset and export it to ``RUN/captioner``, e.g.
+    ``python -m utils train --dataset shapes --profile cpu --run runs/shapes-cpu --seed 0``;
     the same command again continues an interrupted run (or only re-exports a finished one).
 ``evaluate``
     Score an exported captioner on a split, e.g.
@@ -19,11 +19,13 @@ Commands:
     and writes ``RUN/scores-<DIR's name>-<sha256 of its JSON, 8 digits>-<split>-beam<K>.json``.
     Every report records the path and sha256 of the JSON it scored.
 ``caption``
-    Caption image files, e.g. ``python -m utils caption --model runs/shapes-cpu a.png b.jpg``;
+    Caption image files, e.g. ``python -m utils caption --run runs/shapes-cpu a.png b.jpg``;
     ``--attention-out DIR`` also saves one attention figure per image. Every readable image is
     captioned; each unreadable one gets its own ``error: ...`` line, and the exit status is 1.
 
-A mistake in the input ends the program with one ``error: ...`` line on stderr and a non-zero
+Every command that reads or writes a run folder names it ``--run DIR`` (``train --out`` and
+``caption --model``, the old spellings, still work and print a note). Each command's ``--help``
+ends with an example. A mistake in the input ends the program with one ``error: ...`` line on stderr and a non-zero
 exit status, never a traceback. To add a command, write an ``_add_<name>_command`` function and
 list it in ``_COMMANDS``.
 """
@@ -45,6 +47,38 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"error: {message}\n")
+
+
+class _DeprecatedAlias(argparse.Action):
+    """A former spelling of an option: stores where the new one does and says to use that."""
+
+    def __init__(self, option_strings, dest, new_flag: str, **kwargs):
+        self.new_flag = new_flag
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is deprecated; use {self.new_flag}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_command(commands: argparse._SubParsersAction, name: str, example: str,
+                 **kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` ends with ``example`` (a command line that works)."""
+    return commands.add_parser(name, epilog=f"example:\n  {example}",
+                               formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
+def _add_run_argument(parser: argparse.ArgumentParser, help_text: str,
+                      old_flag: str | None = None) -> None:
+    """``--run DIR``, the run folder, spelt alike in every command; ``old_flag`` is a former
+    spelling, kept as a hidden alias. Required: :func:`main` checks it (argparse cannot require
+    one of two spellings of the same option)."""
+    parser.add_argument("--run", dest="run_dir", type=pathlib.Path, default=None, metavar="DIR",
+                        help=f"{help_text} (required)")
+    if old_flag is not None:
+        parser.add_argument(old_flag, dest="run_dir", type=pathlib.Path, action=_DeprecatedAlias,
+                            new_flag="--run", help=argparse.SUPPRESS)
+    parser.set_defaults(needs_run=True)
 
 
 def _positive_int(text: str) -> int:
@@ -81,8 +115,8 @@ def _int(text: str) -> int:
 
 
 def _add_shapes_command(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "shapes",
+    parser = _add_command(
+        commands, "shapes", "python -m utils shapes --out data/my-shapes --num-images 1000 --seed 0",
         help="write the Shapes captioning dataset",
         description="Write the Shapes captioning dataset (PNG images + Karpathy-style JSON).",
     )
@@ -129,17 +163,17 @@ def _quiet_tensorflow() -> None:
 def _add_train_command(commands: argparse._SubParsersAction) -> None:
     from .profile import DATASET_NAMES, PROFILE_NAMES
 
-    parser = commands.add_parser(
-        "train",
+    parser = _add_command(
+        commands, "train", "python -m utils train --profile cpu --run runs/shapes-cpu",
         help="train a captioner and export it",
-        description="Train a captioner (utils.train.fit) and export it to OUT/captioner. "
+        description="Train a captioner (utils.train.fit) and export it to RUN/captioner. "
                     "Running the same command again continues an interrupted run.",
     )
     parser.add_argument("--dataset", choices=DATASET_NAMES, default="shapes",
                         help="dataset to train on (only shapes is wired up yet)")
     parser.add_argument("--profile", choices=("auto", *PROFILE_NAMES), default=None,
                         help="size profile (default: $BOOK_PROFILE, else auto)")
-    parser.add_argument("--out", type=pathlib.Path, required=True, help="run folder")
+    _add_run_argument(parser, "run folder to train in", old_flag="--out")
     parser.add_argument("--seed", type=_seed, default=0, help="random seed")
     parser.add_argument("--no-jit", action="store_true",
                         help="run the decoder without XLA: starts faster, trains slower per step "
@@ -167,7 +201,7 @@ def _run_train(args: argparse.Namespace) -> None:
                 "jit": profile.jit_compile}
     if args.decoder != "soft":  # runs of the default decoder keep their settings file as it was
         settings["decoder"] = args.decoder
-    out = args.out
+    out = args.run_dir
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(20, "Not a directory", str(out))
     settings_path = out / RUN_SETTINGS
@@ -175,10 +209,10 @@ def _run_train(args: argparse.Namespace) -> None:
         earlier = _earlier_settings(settings_path)
         if earlier != settings:
             described = ", ".join(f"{k} {v}" for k, v in earlier.items())
-            raise ValueError(f"{out} holds a run started with {described}; give another --out "
+            raise ValueError(f"{out} holds a run started with {described}; give another --run "
                              "or delete that folder")
     elif out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty and holds no run of `train`; give another --out")
+        raise FileExistsError(f"{out} is not empty and holds no run of `train`; give another --run")
     out.mkdir(parents=True, exist_ok=True)
     settings_path.write_text(json.dumps(settings))
 
@@ -225,14 +259,14 @@ def _earlier_settings(path: pathlib.Path) -> dict:
 
 
 def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "evaluate",
+    parser = _add_command(
+        commands, "evaluate",
+        "python -m utils evaluate --run runs/shapes-cpu --split test --beam-size 3",
         help="score an exported captioner on a split",
         description="Caption a split with an exported captioner and score it (BLEU, METEOR, "
                     "ROUGE-L, CIDEr; on Shapes also the exact/correct/complete rates).",
     )
-    parser.add_argument("--run", dest="run_dir", type=pathlib.Path, required=True,
-                        help="run folder of `train` (or an export folder)")
+    _add_run_argument(parser, "run folder of `train` (or an export folder)")
     parser.add_argument("--split", required=True, help="split to score, e.g. test")
     parser.add_argument("--data", type=pathlib.Path, default=None,
                         help="Karpathy-layout folder with a dataset_*.json (default: the run's "
@@ -338,13 +372,13 @@ def _report_name(args: argparse.Namespace, data_sha256: str) -> str:
 
 
 def _add_caption_command(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "caption",
+    parser = _add_command(
+        commands, "caption",
+        "python -m utils caption --run runs/shapes-cpu photo.jpg --attention-out attention/",
         help="caption image files with an exported captioner",
         description="Print one caption per image (JPEG or PNG, any size).",
     )
-    parser.add_argument("--model", type=pathlib.Path, required=True,
-                        help="run folder of `train` (or an export folder)")
+    _add_run_argument(parser, "run folder of `train` (or an export folder)", old_flag="--model")
     parser.add_argument("images", nargs="+", type=pathlib.Path, metavar="IMAGE")
     parser.add_argument("--beam-size", type=_positive_int, default=1,
                         help="1: greedy decoding (default), more: beam search")
@@ -359,7 +393,7 @@ def _run_caption(args: argparse.Namespace) -> int:
     from .images import read_images
 
     _quiet_tensorflow()
-    folder, metadata, _ = check_export(args.model)
+    folder, metadata, _ = check_export(args.run_dir)
     if args.attention_out is not None:
         if args.attention_out.exists() and not args.attention_out.is_dir():
             raise NotADirectoryError(20, "Not a directory", str(args.attention_out))
@@ -423,7 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the exit status (0 success, 1 failed, 2 bad usage, 130 ^C)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "needs_run", False) and args.run_dir is None:
+        parser.exit(2, f"error: {args.command} needs --run DIR (the run folder)\n")
     try:
         status = args.run(args)  # None, or the status of a command that reports its own errors
     except (ValueError, OSError) as error:
