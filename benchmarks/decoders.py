@@ -22,25 +22,18 @@ import platform
 import time
 
 import utils
-from utils import datasets, evaluation, metrics, train
+from utils import datasets, evaluation, train
 from utils.captioner import captioner_from_profile
 
 DECODERS = ("soft", "show_and_tell", "show_and_tell_grid", "hard")
 
 
 def score(model, split, vocabulary, max_words: int) -> dict:
-    captions, attention = train.caption_images(model, split.pixels, vocabulary, max_words)
-    references = dict(enumerate(split.references))
-    result = metrics.evaluate_captions(references, dict(enumerate(captions)),
-                                       metrics=["Bleu", "ROUGE_L", "CIDEr"])
-    rates = evaluation.caption_rates(captions, split.scenes)
-    result.update(exact=rates["all"]["exact"], correct=rates["all"]["correct"],
-                  complete=rates["all"]["complete"], by_scene=rates,
-                  grounding=evaluation.attention_grounding(captions, attention, split.scenes),
-                  informativeness=evaluation.informativeness(captions, split.scenes,
-                                                             split.references),
-                  relations=train.relation_preference(model, split, vocabulary))
-    return result
+    """The report of :func:`utils.evaluation.score_split` (greedy captions), and which of a true
+    relation caption and its mirror image the model prefers."""
+    report = evaluation.score_split(model, split, vocabulary, max_words,
+                                    metrics=["Bleu", "ROUGE_L", "CIDEr"]).report
+    return {**report, "relations": train.relation_preference(model, split, vocabulary)}
 
 
 def write_report(out: pathlib.Path, benchmark: str, profile: str, results: dict) -> None:

@@ -58,9 +58,9 @@ def main() -> None:
             train.fit(model, splits["train"], splits["val"], vocabulary, run_profile, run_dir,
                       verbose=2)
             minutes = round((time.perf_counter() - started) / 60, 2)
-        captions, _ = train.caption_images(model, test.pixels, vocabulary,
-                                           profile.max_caption_tokens + 1)
-        rates = evaluation.caption_rates(captions, test.scenes)
+        report = evaluation.score_split(model, test, vocabulary, profile.max_caption_tokens + 1,
+                                        metrics=["CIDEr"]).report
+        rates = report["by_scene"]
         results[name] = {
             "group_by_length": grouped, "training_minutes": minutes,
             "decoder_steps_per_batch": mean_steps(splits["train"], profile, grouped),
@@ -68,8 +68,7 @@ def main() -> None:
             "test_exact": rates["all"]["exact"], "test_correct": rates["all"]["correct"],
             "test_exact_by_objects": {key: rates[key]["exact"] for key in
                                       ("1 object", "2 objects", "3 objects") if key in rates},
-            "test_informativeness": evaluation.informativeness(captions, test.scenes,
-                                                               test.references)}
+            "test_informativeness": report["informativeness"]}
         print(name, {k: results[name][k] for k in ("decoder_steps_per_batch", "test_exact")})
     write_report(out, "grouping", profile.name, results)
 

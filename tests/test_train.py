@@ -96,11 +96,26 @@ def test_fit_groups_by_length_only_where_no_batch_norm_trains(tiny):
     assert not train.groups_by_length(features, profile.replace(group_by_length=False))
 
 
-def test_scores_of_the_references_themselves_are_perfect(tiny):
-    encoded = tiny.encoded
-    val = encoded["val"]
-    scores = train.score_captions([refs[0] for refs in val.references], val)
-    assert scores["exact"] == 1.0 and scores["bleu4"] == pytest.approx(1.0)
+def _decoded(captions):
+    """A stand-in for train.caption_images that "decodes" the given captions, looking evenly
+    at 64 regions."""
+    def caption_images(model, pixels, *args, **kwargs):
+        return captions[: len(pixels)], np.full((len(pixels), 7, 64), 1 / 64, np.float32)
+    return caption_images
+
+
+def test_scores_of_the_references_themselves_are_perfect(tiny, monkeypatch):
+    from utils import evaluation
+
+    val = tiny.encoded["val"]
+    monkeypatch.setattr(train, "caption_images", _decoded([refs[0] for refs in val.references]))
+    report = evaluation.score_split(None, val, tiny.vocab, 6,
+                                    metrics=["Bleu_4", "CIDEr"]).report
+    assert report["exact"] == 1.0 and report["Bleu_4"] == pytest.approx(1.0)
+    assert report["by_scene"]["all"]["count"] == len(val)
+    assert set(report) >= {"CIDEr", "correct", "complete", "informativeness", "grounding"}
+    first = evaluation.score_split(None, val, tiny.vocab, 6, count=3, metrics=["CIDEr"])
+    assert len(first.captions) == 3 and first.report["by_scene"]["all"]["count"] == 3
 
 
 def _model(vocab, profile):
@@ -201,7 +216,8 @@ def test_caption_score_logs_cider_and_stops_early_across_a_resume(tiny, tmp_path
     right = [refs[0] for refs in val.references]
     wrong = ["a small purple star"] * len(val)
     epochs = iter([right, wrong, wrong, wrong])
-    monkeypatch.setattr(train, "caption_images", lambda *args, **kwargs: (next(epochs), None))
+    monkeypatch.setattr(train, "caption_images",
+                        lambda *args, **kwargs: _decoded(next(epochs))(*args, **kwargs))
 
     def callback():
         score = train.CaptionScore(val, vocab, 6, len(val), tmp_path / "best.weights.h5",

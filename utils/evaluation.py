@@ -1,11 +1,15 @@
 """Measures that only a dataset with known scenes allows: is a caption true, and did the model
 look at the object it named? (NumPy only; the standard text metrics are in :mod:`utils.metrics`.)
+
+:func:`score_split` is the book's one caption-and-score path: it decodes a split (importing the
+model code only when called) and reports the text metrics together with these measures.
 """
 from __future__ import annotations
 
 import collections
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -14,6 +18,49 @@ from . import shapes
 RELATION_WORDS = frozenset({"left", "right", "above", "below"})
 _SINGULARS = {plural: shape for shape, plural in shapes.PLURALS.items()}
 OPPOSITE_WORDS = {"left": "right", "right": "left", "above": "below", "below": "above"}
+
+
+class ScoredSplit(NamedTuple):
+    """What :func:`score_split` returns: the captions, the attention weights behind their words
+    (``[N, T, R]``) and the report."""
+
+    captions: list[str]
+    attention: np.ndarray
+    report: dict
+
+
+def score_split(model, split, vocabulary, max_length: int, *, count: int | None = None,
+                beam_size: int = 1, metrics: Sequence[str] | None = None,
+                batch_size: int = 250) -> ScoredSplit:
+    """Caption the first ``count`` images of ``split`` (all by default) in batches, greedily or
+    with a beam, and score them: the command line's ``evaluate``, training's score after each
+    epoch, the chapters and the benchmarks all caption and score through this one function.
+
+    ``split`` is anything with ``pixels`` (``uint8[N, H, W, 3]``), ``references`` (N lists of
+    raw captions) and ``scenes`` (N scene dicts, or ``None`` off Shapes), such as a
+    :class:`utils.datasets.EncodedSplit`. ``metrics`` go to
+    :func:`utils.metrics.evaluate_captions` (default: all it offers but SPICE). The report holds
+    their scores under the toolkit's names (``Bleu_4``, ``CIDEr``, ...) and, when the scenes are
+    known, ``exact``, ``correct`` and ``complete`` (shares of all captions), ``by_scene``
+    (:func:`caption_rates`), ``informativeness`` (:func:`informativeness`) and ``grounding``
+    (:func:`attention_grounding`)."""
+    from . import metrics as text_metrics
+    from .train import caption_images
+
+    count = len(split.pixels) if count is None else min(count, len(split.pixels))
+    captions, attention = caption_images(model, split.pixels[:count], vocabulary, max_length,
+                                         batch_size=batch_size, beam_size=beam_size)
+    references = [list(split.references[i]) for i in range(count)]
+    report = text_metrics.evaluate_captions(dict(enumerate(references)),
+                                            dict(enumerate(captions)), metrics=metrics)
+    if split.scenes is not None:
+        scenes = split.scenes[:count]
+        rates = caption_rates(captions, scenes)
+        report.update({key: rates["all"][key] for key in ("exact", "correct", "complete")})
+        report["by_scene"] = rates
+        report["informativeness"] = informativeness(captions, scenes, references)
+        report["grounding"] = attention_grounding(captions, attention, scenes)
+    return ScoredSplit(captions, attention, report)
 
 
 def caption_rates(captions: Sequence[str], scenes: Sequence[dict]) -> dict[str, dict[str, float]]:

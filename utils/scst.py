@@ -167,18 +167,14 @@ def greedy_scores(model, split, vocabulary, max_length, count):
     """CIDEr-D of greedy captions of the first ``count`` images of
     ``split`` and, with known scenes, their exact rate and how often they
     state a relation (:func:`utils.evaluation.informativeness`)."""
-    captions, _ = train.caption_images(
-        model, split.pixels[:count], vocabulary, max_length
-    )
-    scored = train.score_captions(captions, split, count)
-    row = {"val cider": scored["cider"]}
+    scored = evaluation.score_split(
+        model, split, vocabulary, max_length, count=count, metrics=["CIDEr"]
+    ).report
+    row = {"val cider": scored["CIDEr"]}
     if split.scenes is None:
         return row
     row["val exact"] = scored["exact"]
-    told = evaluation.informativeness(
-        captions, split.scenes[:count], split.references[:count]
-    )
-    return {**row, **evaluation.relation_summary(told)}
+    return {**row, **evaluation.relation_summary(scored["informativeness"])}
 
 
 def train_self_critical(

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import datasets, metrics
+from . import datasets
 from .datasets import EncodedSplit
 from .text import Vocabulary
 
@@ -133,23 +133,6 @@ def caption_images(model, pixels: np.ndarray, vocabulary, max_length: int,
     return captions, np.concatenate(attention)
 
 
-def score_captions(captions: list[str], split: EncodedSplit, count: int | None = None) -> dict:
-    """BLEU-1..4 and CIDEr-D of ``captions`` against the split's references and, on Shapes, the
-    share of captions that are exactly right (true and mentioning every object)."""
-    count = len(captions) if count is None else count
-    references = {i: split.references[i] for i in range(count)}
-    result = metrics.evaluate_captions(references, {i: captions[i] for i in range(count)},
-                                       metrics=["Bleu", "CIDEr"])
-    scores = {f"bleu{n}": result[f"Bleu_{n}"] for n in range(1, 5)}
-    scores["cider"] = result["CIDEr"]
-    if split.scenes is not None:
-        from .evaluation import caption_rates
-
-        rates = caption_rates(captions[:count], split.scenes[:count])["all"]
-        scores.update(exact=rates["exact"], correct=rates["correct"])
-    return scores
-
-
 def cached_features(images, cache) -> np.ndarray:
     """The cached backbone features of ``images`` (:class:`utils.datasets.CaptionedImage`
     records), ``float16[N, R, C]``, from a :class:`utils.features.FeatureCache` keyed by image
@@ -245,11 +228,12 @@ class CaptionScore(keras.callbacks.Callback):
         self.stopped_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
-        captions, _ = caption_images(self.model, self.split.pixels[: self.count],
-                                     self.vocabulary, self.max_length)
-        scores = score_captions(captions, self.split, self.count)
+        from .evaluation import score_split
+
+        scores = score_split(self.model, self.split, self.vocabulary, self.max_length,
+                             count=self.count, metrics=["Bleu_4", "CIDEr"]).report
         logs = logs if logs is not None else {}
-        logs["val_bleu4"], logs["val_cider"] = scores["bleu4"], scores["cider"]
+        logs["val_bleu4"], logs["val_cider"] = scores["Bleu_4"], scores["CIDEr"]
         if "exact" in scores:
             logs["val_exact"] = scores["exact"]
         if logs[self.key] > self.best:
