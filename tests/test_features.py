@@ -308,3 +308,22 @@ def test_shuffled_dataset_keeps_features_with_their_labels(tmp_path, photos, sha
     assert orders[0] != orders[1] != list(range(10))  # reshuffled each epoch
     with pytest.raises(KeyError, match="1 of 2 keys are not in the feature cache"):
         cache.dataset(["photo_0.png", "unknown"])
+
+
+def test_the_keras_cache_folder_still_comes_from_where_keras_keeps_it():
+    """utils.backbones._keras_cache_folder is the book's one use of a private Keras API
+    (keras.src.backend.config.keras_home: Keras 3 has no public accessor). If a Keras release
+    moves it, this test fails and names the function to update; the fallback would otherwise
+    guess ~/.keras silently."""
+    import os
+    import pathlib
+
+    from utils import backbones
+
+    try:
+        from keras.src.backend.config import keras_home
+    except ImportError as error:
+        pytest.fail(f"Keras moved keras_home ({error}): update "
+                    "utils.backbones._keras_cache_folder")
+    expected = pathlib.Path(os.path.expanduser(keras_home())) / "models"
+    assert backbones._keras_cache_folder() == expected
