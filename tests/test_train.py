@@ -8,7 +8,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
-from utils import datasets, shapes, text, train  # noqa: E402
+from utils import datasets, decoding, shapes, text, train  # noqa: E402
 from utils.backbones import make_optimizer  # noqa: E402, F401
 from utils.captioner import (build_captioner, caption_log_likelihood,  # noqa: E402
                              captioner_from_profile, greedy_decode)
@@ -97,7 +97,7 @@ def test_fit_groups_by_length_only_where_no_batch_norm_trains(tiny):
 
 
 def _decoded(captions):
-    """A stand-in for train.caption_images that "decodes" the given captions, looking evenly
+    """A stand-in for decoding.caption_images that "decodes" the given captions, looking evenly
     at 64 regions."""
     def caption_images(model, pixels, *args, **kwargs):
         return captions[: len(pixels)], np.full((len(pixels), 7, 64), 1 / 64, np.float32)
@@ -108,7 +108,7 @@ def test_scores_of_the_references_themselves_are_perfect(tiny, monkeypatch):
     from utils import evaluation
 
     val = tiny.encoded["val"]
-    monkeypatch.setattr(train, "caption_images", _decoded([refs[0] for refs in val.references]))
+    monkeypatch.setattr(decoding, "caption_images", _decoded([refs[0] for refs in val.references]))
     report = evaluation.score_split(None, val, tiny.vocab, 6,
                                     metrics=["Bleu_4", "CIDEr"]).report
     assert report["exact"] == 1.0 and report["Bleu_4"] == pytest.approx(1.0)
@@ -216,7 +216,7 @@ def test_caption_score_logs_cider_and_stops_early_across_a_resume(tiny, tmp_path
     right = [refs[0] for refs in val.references]
     wrong = ["a small purple star"] * len(val)
     epochs = iter([right, wrong, wrong, wrong])
-    monkeypatch.setattr(train, "caption_images",
+    monkeypatch.setattr(decoding, "caption_images",
                         lambda *args, **kwargs: _decoded(next(epochs))(*args, **kwargs))
 
     def callback():

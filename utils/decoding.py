@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 #: The id written after ``<end>``; a finished hypothesis is fed this id and scores nothing for it.
@@ -381,3 +382,16 @@ def _decode_images(model, images, plan: _Plan, knobs: dict) -> BeamResult:
 
 _IMAGE_GRAPHS = {False: tf.function(_decode_images),
                  True: tf.function(_decode_images, jit_compile=True)}
+
+
+def caption_images(model, pixels: np.ndarray, vocabulary, max_length: int,
+                   batch_size: int = 250, beam_size: int = 1) -> tuple[list[str], np.ndarray]:
+    """Captions for ``uint8[N, H, W, 3]`` images (greedy, or the best of a beam search) and the
+    attention weights behind each word, ``[N, max_length, R]``."""
+    captions, attention = [], []
+    for start in range(0, len(pixels), batch_size):
+        result = decode_images(model, pixels[start : start + batch_size], max_length=max_length,
+                               beam_size=beam_size)
+        captions += [vocabulary.decode(row) for row in result.sequences[:, 0].numpy()]
+        attention.append(result.attention[:, 0].numpy())
+    return captions, np.concatenate(attention)

@@ -45,7 +45,7 @@ def score_split(model, split, vocabulary, max_length: int, *, count: int | None 
     (:func:`caption_rates`), ``informativeness`` (:func:`informativeness`) and ``grounding``
     (:func:`attention_grounding`)."""
     from . import metrics as text_metrics
-    from .train import caption_images
+    from .decoding import caption_images
 
     count = len(split.pixels) if count is None else min(count, len(split.pixels))
     captions, attention = caption_images(model, split.pixels[:count], vocabulary, max_length,

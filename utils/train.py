@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import datasets
+from .decoding import caption_images  # noqa: F401  (the chapters call train.caption_images)
 from .datasets import EncodedSplit
 from .text import Vocabulary
 
@@ -116,21 +117,6 @@ def validation_pipeline(split: EncodedSplit, batch_size: int) -> tf.data.Dataset
     """Every image once, with its first reference, for the teacher-forced validation loss."""
     data = (split.pixels, split.captions[:, 0])
     return tf.data.Dataset.from_tensor_slices(data).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def caption_images(model, pixels: np.ndarray, vocabulary, max_length: int,
-                   batch_size: int = 250, beam_size: int = 1) -> tuple[list[str], np.ndarray]:
-    """Captions for ``uint8[N, H, W, 3]`` images (greedy, or the best of a beam search) and the
-    attention weights behind each word, ``[N, max_length, R]``."""
-    from .decoding import decode_images
-
-    captions, attention = [], []
-    for start in range(0, len(pixels), batch_size):
-        result = decode_images(model, pixels[start : start + batch_size], max_length=max_length,
-                               beam_size=beam_size)
-        captions += [vocabulary.decode(row) for row in result.sequences[:, 0].numpy()]
-        attention.append(result.attention[:, 0].numpy())
-    return captions, np.concatenate(attention)
 
 
 def cached_features(images, cache) -> np.ndarray:
