@@ -401,7 +401,7 @@ def _run_caption(args: argparse.Namespace) -> int:
         return 1
 
     from .export import load_captioner
-    from .train import caption_images
+    from .decoding import caption_images
 
     readable = [args.images[position] for position in kept]
     loaded = load_captioner(folder)

@@ -324,7 +324,7 @@ def caption(path_or_loaded, image_paths: Sequence[str | os.PathLike] | str | os.
     ``float32[T, R]``, the weights over the ``R`` regions behind each word, the last row
     belonging to ``<end>`` (``T`` = words + 1, or ``max_length`` for a caption that never ended).
     ``beam_size`` 1 is greedy decoding, more is beam search (best caption kept)."""
-    from .train import caption_images
+    from .decoding import caption_images
 
     loaded = (path_or_loaded if isinstance(path_or_loaded, LoadedCaptioner)
               else load_captioner(path_or_loaded))
