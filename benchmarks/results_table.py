@@ -79,13 +79,13 @@ def stored() -> tuple[dict, dict]:
                  for name in ("decoders", "scst"))
 
 
-def readme_with_table(text: str, table: str) -> str:
-    """``text`` with the block between :data:`START` and :data:`END` replaced by ``table``."""
-    if START not in text or END not in text:
-        raise SystemExit(f"README.md has no {START!r} ... {END!r} block")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{table}{END}{tail}"
+def readme_with_table(text: str, table: str, start: str = START, end: str = END) -> str:
+    """``text`` with the block between the lines ``start`` and ``end`` replaced by ``table``."""
+    if start not in text or end not in text:
+        raise SystemExit(f"README.md has no {start!r} ... {end!r} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{table}{end}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,5 +57,37 @@ def test_one_device_without_gpus_or_tpus(monkeypatch):
 
     monkeypatch.delenv("COLAB_TPU_ADDR", raising=False)
     monkeypatch.delenv("TPU_NAME", raising=False)
+    monkeypatch.setattr(train, "TPU_DEVICE_FILES", ())
+    assert train.tpu_resolver() is None
     assert train.distribution_strategy().num_replicas_in_sync == 1
     assert not isinstance(train.distribution_strategy(), tf.distribute.MirroredStrategy)
+
+
+def test_a_tpu_vm_is_found_by_its_device_files_and_one_that_fails_is_left(monkeypatch, tmp_path,
+                                                                          capsys):
+    """Current Colab TPU runtimes are TPU VMs: no TPU variable is set, the chips appear as
+    device files, and TensorFlow's TPU guide connects with ``TPUClusterResolver(tpu="local")``.
+    A TPU that will not start (here: initialisation raises) is reported and trained without."""
+    import tensorflow as tf
+
+    from utils import train
+
+    monkeypatch.delenv("COLAB_TPU_ADDR", raising=False)
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    (tmp_path / "accel0").touch()
+    monkeypatch.setattr(train, "TPU_DEVICE_FILES", (str(tmp_path / "accel[0-9]*"),))
+    resolver = train.tpu_resolver()
+    assert isinstance(resolver, tf.distribute.cluster_resolver.TPUClusterResolver)
+    assert resolver.master() == ""  # "local": the chips attached to this machine
+
+    def no_tpu(resolver):
+        raise tf.errors.NotFoundError(None, None, "TPUs not found in the cluster")
+
+    monkeypatch.setattr(tf.config, "experimental_connect_to_cluster", lambda resolver: None)
+    monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system", no_tpu)
+    strategy = train.distribution_strategy()
+    assert strategy.num_replicas_in_sync == 1
+    assert capsys.readouterr().err == ("warning: a TPU was found but could not be started "
+                                       "(TPUs not found in the cluster); training without it\n")
+    monkeypatch.setenv("COLAB_TPU_ADDR", "10.0.0.2:8470")  # a retired Colab TPU node
+    assert train.tpu_resolver().master() == "grpc://10.0.0.2:8470"

@@ -310,6 +310,42 @@ def test_shuffled_dataset_keeps_features_with_their_labels(tmp_path, photos, sha
         cache.dataset(["photo_0.png", "unknown"])
 
 
+def test_cached_features_index_like_the_array_they_stand_for(tmp_path, photos, shapes_cnn):
+    from utils.features import CachedFeatures
+
+    cache = extract(photos, tmp_path / "cache", shapes_cnn)  # shards of 4: rows span 3 shards
+    keys = photos[1][::-1]
+    rows = CachedFeatures(cache, keys)
+    whole = np.stack([cache.get(key) for key in keys])
+    assert rows.shape == whole.shape and rows.dtype == whole.dtype and len(rows) == 10
+    assert rows.nbytes == whole.nbytes
+    np.testing.assert_array_equal(np.asarray(rows), whole)
+    np.testing.assert_array_equal(rows[3], whole[3])
+    np.testing.assert_array_equal(rows[-1], whole[-1])
+    np.testing.assert_array_equal(rows[2:9:3], whole[2:9:3])
+    np.testing.assert_array_equal(rows[[[7, 0], [0, -2]]], whole[[[7, 0], [0, -2]]])
+    for wrong in (10, -11, [0, 10], np.ones(10, bool), 1.5):
+        with pytest.raises(IndexError):
+            rows[wrong]
+    with pytest.raises(KeyError, match="1 of 2 keys are not in the feature cache"):
+        CachedFeatures(cache, ["photo_0.png", "unknown"])
+
+
+def test_a_cut_short_shard_is_reported_by_name(tmp_path, photos, shapes_cnn):
+    from utils.features import CachedFeatures
+
+    cache = extract(photos, tmp_path / "cache", shapes_cnn)
+    shard = cache.folder / "shard_00001.features.npy"
+    shard.write_bytes(shard.read_bytes()[:-100])  # as a full disk would leave it
+    rows = CachedFeatures(FeatureCache(tmp_path / "cache", "shapes_cnn"), photos[1])
+    np.testing.assert_array_equal(rows[:4], np.asarray(CachedFeatures(cache, photos[1][:4])))
+    with pytest.raises(ValueError, match="shard_00001.features.npy ends before row 3"):
+        rows[7]
+    shard.write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match="shard_00001.features.npy is not a readable .npy"):
+        CachedFeatures(FeatureCache(tmp_path / "cache", "shapes_cnn"), photos[1])[5]
+
+
 def test_the_keras_cache_folder_still_comes_from_where_keras_keeps_it():
     """utils.backbones._keras_cache_folder is the book's one use of a private Keras API
     (keras.src.backend.config.keras_home: Keras 3 has no public accessor). If a Keras release

@@ -96,11 +96,62 @@ def test_fit_groups_by_length_only_where_no_batch_norm_trains(tiny):
     assert not train.groups_by_length(features, profile.replace(group_by_length=False))
 
 
+def _features_on_disk(split, folder, regions=16, channels=8):
+    """``split`` with random features in place of its pixels, as cached features on disk (shards
+    of 8 images) and the same loaded in memory."""
+    import dataclasses
+
+    from utils import features
+
+    settings = {"backbone": "shapes_cnn", "input_size": 64, "feature_shape": [regions, channels],
+                "dtype": "float16", "weights": "random (test)"}
+    cache = features.FeatureCache._create(folder / "shapes_cnn", settings)
+    keys = [f"image_{i}.png" for i in range(len(split))]
+    rows = np.random.default_rng(0).random((len(split), regions, channels)).astype(np.float16)
+    for start in range(0, len(keys), 8):
+        cache._append_shard(keys[start : start + 8], rows[start : start + 8])
+    on_disk = features.CachedFeatures(features.FeatureCache(folder, "shapes_cnn"), keys)
+    return (dataclasses.replace(split, pixels=on_disk),
+            dataclasses.replace(split, pixels=np.asarray(on_disk)))
+
+
+def test_training_streams_cached_features_exactly_as_from_memory(tiny, tmp_path):
+    """Features read from disk batch by batch make the very batches (and so a resumed run's
+    weights) and captions of the same features in memory. (Training one epoch from a cache on
+    disk: ``test_fit_on_cached_backbone_features``.)"""
+    train_disk, train_memory = _features_on_disk(tiny.short["train"], tmp_path / "train")
+    val_disk, val_memory = _features_on_disk(tiny.short["val"], tmp_path / "val")
+    assert not isinstance(train_disk.pixels, np.ndarray)
+    for grouped in (False, True):
+        streamed, loaded = (list(train.training_pipeline(split, 4, seed=1, first_epoch=1,
+                                                         group_by_length=grouped).take(12))
+                            for split in (train_disk, train_memory))
+        for (x_disk, y_disk), (x_memory, y_memory) in zip(streamed, loaded, strict=True):
+            assert x_disk.shape == (4, 16, 8) and x_disk.dtype == tf.float16
+            np.testing.assert_array_equal(x_disk.numpy(), x_memory.numpy())
+            np.testing.assert_array_equal(y_disk.numpy(), y_memory.numpy())
+    for (x_disk, y_disk), (x_memory, y_memory) in zip(
+            train.validation_pipeline(val_disk, 3), train.validation_pipeline(val_memory, 3),
+            strict=True):
+        np.testing.assert_array_equal(x_disk.numpy(), x_memory.numpy())
+        np.testing.assert_array_equal(y_disk.numpy(), y_memory.numpy())
+
+    keras.utils.set_random_seed(0)
+    model = captioner_from_profile(tiny.profile, len(tiny.vocab), encoder="features",
+                                   region_dim=8)
+    from_disk = decoding.caption_images(model, val_disk.pixels, tiny.vocab, 6, batch_size=2,
+                                        count=3)
+    in_memory = decoding.caption_images(model, val_memory.pixels[:3], tiny.vocab, 6)
+    assert from_disk[0] == in_memory[0] and len(from_disk[0]) == 3
+    np.testing.assert_allclose(from_disk[1], in_memory[1], atol=1e-6)
+
+
 def _decoded(captions):
     """A stand-in for decoding.caption_images that "decodes" the given captions, looking evenly
     at 64 regions."""
-    def caption_images(model, pixels, *args, **kwargs):
-        return captions[: len(pixels)], np.full((len(pixels), 7, 64), 1 / 64, np.float32)
+    def caption_images(model, pixels, *args, count=None, **kwargs):
+        count = len(pixels) if count is None else min(count, len(pixels))
+        return captions[:count], np.full((count, 7, 64), 1 / 64, np.float32)
     return caption_images
 
 
@@ -292,6 +343,7 @@ def test_fit_on_cached_backbone_features(tiny, tmp_path):
                                                 weights=None, model=backbone, min_count=1,
                                                 cache_dir=tmp_path / "features")
     assert splits["train"].pixels.shape[1:] == (64, 128) and splits["train"].pixels.dtype == np.float16
+    assert isinstance(splits["train"].pixels, features.CachedFeatures)  # on disk: fit streams it
     assert splits["val"].captions.shape[1:] == (5, profile.max_caption_tokens + 2)
     keras.utils.set_random_seed(0)
     model = captioner_from_profile(profile, len(vocab), encoder="features", region_dim=32)
@@ -305,3 +357,8 @@ def test_fit_on_cached_backbone_features(tiny, tmp_path):
     again = train.prepare_with_features(records, profile, backbone="shapes_cnn", weights=None,
                                         min_count=1, cache_dir=tmp_path / "features")[1]
     np.testing.assert_array_equal(again["val"].pixels, splits["val"].pixels)
+    loaded = train.prepare_with_features(records, profile, backbone="shapes_cnn", weights=None,
+                                         min_count=1, cache_dir=tmp_path / "features",
+                                         in_memory=True)[1]
+    assert isinstance(loaded["val"].pixels, np.ndarray)
+    np.testing.assert_array_equal(loaded["val"].pixels, splits["val"].pixels)

@@ -385,13 +385,17 @@ _IMAGE_GRAPHS = {False: tf.function(_decode_images),
 
 
 def caption_images(model, pixels: np.ndarray, vocabulary, max_length: int,
-                   batch_size: int = 250, beam_size: int = 1) -> tuple[list[str], np.ndarray]:
-    """Captions for ``uint8[N, H, W, 3]`` images (greedy, or the best of a beam search) and the
-    attention weights behind each word, ``[N, max_length, R]``."""
+                   batch_size: int = 250, beam_size: int = 1,
+                   count: int | None = None) -> tuple[list[str], np.ndarray]:
+    """Captions for the first ``count`` (default: all) of ``uint8[N, H, W, 3]`` images (greedy,
+    or the best of a beam search) and the attention weights behind each word,
+    ``[count, max_length, R]``. ``pixels`` may also be features on disk
+    (:class:`utils.features.CachedFeatures`): they are read one batch at a time."""
+    stop = len(pixels) if count is None else min(count, len(pixels))
     captions, attention = [], []
-    for start in range(0, len(pixels), batch_size):
-        result = decode_images(model, pixels[start : start + batch_size], max_length=max_length,
-                               beam_size=beam_size)
+    for start in range(0, stop, batch_size):
+        result = decode_images(model, pixels[start : min(start + batch_size, stop)],
+                               max_length=max_length, beam_size=beam_size)
         captions += [vocabulary.decode(row) for row in result.sequences[:, 0].numpy()]
         attention.append(result.attention[:, 0].numpy())
     return captions, np.concatenate(attention)

@@ -36,7 +36,8 @@ def score_split(model, split, vocabulary, max_length: int, *, count: int | None 
     with a beam, and score them: the command line's ``evaluate``, training's score after each
     epoch, the chapters and the benchmarks all caption and score through this one function.
 
-    ``split`` is anything with ``pixels`` (``uint8[N, H, W, 3]``), ``references`` (N lists of
+    ``split`` is anything with ``pixels`` (``uint8[N, H, W, 3]``, or cached features, read a
+    batch at a time), ``references`` (N lists of
     raw captions) and ``scenes`` (N scene dicts, or ``None`` off Shapes), such as a
     :class:`utils.datasets.EncodedSplit`. ``metrics`` go to
     :func:`utils.metrics.evaluate_captions` (default: all it offers but SPICE). The report holds
@@ -48,8 +49,8 @@ def score_split(model, split, vocabulary, max_length: int, *, count: int | None 
     from .decoding import caption_images
 
     count = len(split.pixels) if count is None else min(count, len(split.pixels))
-    captions, attention = caption_images(model, split.pixels[:count], vocabulary, max_length,
-                                         batch_size=batch_size, beam_size=beam_size)
+    captions, attention = caption_images(model, split.pixels, vocabulary, max_length,
+                                         batch_size=batch_size, beam_size=beam_size, count=count)
     references = [list(split.references[i]) for i in range(count)]
     report = text_metrics.evaluate_captions(dict(enumerate(references)),
                                             dict(enumerate(captions)), metrics=metrics)

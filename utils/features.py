@@ -9,16 +9,12 @@ are computed once, stored on disk as float16, and read back by the training loop
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
 import os
 import pathlib
-import re
-import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
@@ -70,16 +66,14 @@ class FeatureCache:
     Layout: ``index.json`` (the settings that made the features, the shard list, and
     ``key -> [shard, row]``) and per shard ``shard_00000.features.npy`` (``float16[N, R, C]``)
     plus ``shard_00000.keys.npy`` (the N keys, a fixed-width unicode array). Plain ``.npy``
-    rather than ``.npz`` because an ``.npy`` file can be memory-mapped: readers touch only the
-    rows they need, so a COCO-sized cache (tens of GB) need not fit in memory. Nothing is
-    pickled. The index is replaced atomically after each shard is complete, so a cache killed at
+    rather than ``.npz`` because each row of an ``.npy`` file sits at a known offset: readers
+    read only the rows they need, so a COCO-sized cache (tens of GB) need not fit in memory
+    (:class:`CachedFeatures`). Nothing is pickled. The index is replaced atomically after each shard is complete, so a cache killed at
     any moment still opens, holding every shard finished before the kill. One process writes
     to a cache at a time; any number may read it.
 
     Opening reads the index once; a cache extended later by another call needs reopening.
     """
-
-    OPEN_SHARDS = 16  # memory-mapped shards kept open at once
 
     def __init__(self, cache_dir: str | os.PathLike, backbone_name: str):
         self.folder = pathlib.Path(cache_dir) / get_backbone(backbone_name).name
@@ -91,8 +85,7 @@ class FeatureCache:
         if self._index.get("format") != CACHE_FORMAT:
             raise ValueError(f"{index_path} is in cache format {self._index.get('format')}, this "
                              f"version of utils reads format {CACHE_FORMAT}; delete the folder")
-        self._mapped_shards: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()  # tf.data reads from several threads
+        self._data_offsets: dict[int, int] = {}  # shard -> where its rows start in the file
 
     @classmethod
     def _create(cls, folder: pathlib.Path, settings: dict) -> FeatureCache:
@@ -156,23 +149,19 @@ class FeatureCache:
         needed (Keras layers cast their inputs themselves). With ``labels`` (an array whose
         first axis matches ``keys``, e.g. encoded captions) yields ``(features, labels)`` pairs,
         which stay paired when shuffled. Shuffling reorders each epoch, reproducibly from
-        ``seed``. Shards are read lazily, by memory-mapping, with prefetching.
+        ``seed``. Rows are read as they are needed (:meth:`CachedFeatures.read_tensor`), with
+        prefetching.
         """
-        locations = self._locations(keys)
+        features = CachedFeatures(self, keys)
         if labels is not None and len(labels) != len(keys):
             raise ValueError(f"{len(labels)} labels for {len(keys)} keys")
         label_table = None if labels is None else tf.constant(np.asarray(labels))
 
-        def read(positions: np.ndarray) -> np.ndarray:
-            return self._read_rows(locations[np.atleast_1d(positions)]).reshape(
-                positions.shape + self.feature_shape)
-
         def load(positions):
-            features = tf.numpy_function(read, [positions], tf.float16, stateful=False)
-            features.set_shape(positions.shape.concatenate(self.feature_shape))
+            rows = features.read_tensor(positions)
             if label_table is None:
-                return features
-            return features, tf.gather(label_table, positions)
+                return rows
+            return rows, tf.gather(label_table, positions)
 
         positions = tf.data.Dataset.range(len(keys))
         if shuffle:
@@ -193,22 +182,46 @@ class FeatureCache:
         return np.array([stored[key] for key in keys], np.int64).reshape(-1, 2)
 
     def _read_rows(self, locations: np.ndarray) -> np.ndarray:
+        """``float16[N, R, C]``: the rows at ``locations`` (``[N, 2]``: shard, row), each read
+        from its file at its offset.
+
+        Positioned reads, not memory maps: the pages of a memory map that a process has read
+        count as its resident memory until the map is closed, so one epoch over a 10 GB cache
+        would show as a 10 GB process. Read this way, the file's pages stay in the operating
+        system's cache, which gives them back whenever memory is needed.
+        """
         rows = np.empty((len(locations), *self.feature_shape), CACHE_DTYPE)
+        row_bytes = self.nbytes_per_image
         for shard in np.unique(locations[:, 0]):
-            in_shard = locations[:, 0] == shard
-            rows[in_shard] = self._shard(int(shard))[locations[in_shard, 1]]
+            path = self.folder / f"{self._index['shards'][shard]}.features.npy"
+            start = self._data_offset(int(shard), path)
+            with open(path, "rb", buffering=0) as file:
+                for target in np.flatnonzero(locations[:, 0] == shard):
+                    row = int(locations[target, 1])
+                    file.seek(start + row * row_bytes)
+                    if file.readinto(memoryview(rows[target]).cast("B")) != row_bytes:
+                        raise ValueError(f"{path} ends before row {row}: the file is cut short; "
+                                         f"delete the folder {self.folder} and extract again")
         return rows
 
-    def _shard(self, number: int) -> np.ndarray:
-        # Each memory map holds a file descriptor, so only the most recently used stay open.
-        with self._lock:
-            if number not in self._mapped_shards:
-                path = self.folder / f"{self._index['shards'][number]}.features.npy"
-                self._mapped_shards[number] = np.load(path, mmap_mode="r", allow_pickle=False)
-                if len(self._mapped_shards) > self.OPEN_SHARDS:
-                    self._mapped_shards.popitem(last=False)
-            self._mapped_shards.move_to_end(number)
-            return self._mapped_shards[number]
+    def _data_offset(self, shard: int, path: pathlib.Path) -> int:
+        """Where the rows of ``shard`` begin in its ``.npy`` file, checking its header once."""
+        if shard not in self._data_offsets:
+            with open(path, "rb") as file:
+                try:
+                    version = np.lib.format.read_magic(file)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shape, fortran_order, dtype = header(file)
+                except ValueError as error:
+                    raise ValueError(f"{path} is not a readable .npy file ({error}); delete the "
+                                     f"folder {self.folder} and extract again") from None
+                if (tuple(shape[1:]) != self.feature_shape or dtype != np.dtype(CACHE_DTYPE)
+                        or fortran_order):
+                    raise ValueError(f"{path} holds {dtype}{list(shape)}, not "
+                                     f"{CACHE_DTYPE} rows of {list(self.feature_shape)}")
+                self._data_offsets[shard] = file.tell()
+        return self._data_offsets[shard]
 
     def _append_shard(self, keys: list[str], features: np.ndarray) -> None:
         """Write one complete shard, then (only then) the index that lists it."""
@@ -221,6 +234,71 @@ class FeatureCache:
         self._index["shards"].append(stem)
         self._index["keys"].update({key: [number, row] for row, key in enumerate(keys)})
         _save_json(self.folder / INDEX_NAME, self._index)
+
+
+class CachedFeatures:
+    """The features of ``keys`` in ``cache``, used like a read-only ``float16[N, R, C]`` array
+    that is never loaded whole: ``len``, ``shape``, ``dtype`` and indexing along the first axis
+    (an int, a slice, an array of ints) read just the rows asked for.
+
+    This is what lets a captioner train on more features than memory holds: an
+    :class:`utils.datasets.EncodedSplit` whose ``pixels`` are ``CachedFeatures`` is read batch
+    by batch (:func:`utils.train.training_pipeline`), so the memory a run needs does not grow
+    with the number of images. ``np.asarray`` of it loads everything.
+    """
+
+    def __init__(self, cache: FeatureCache, keys: Sequence[str]):
+        self.cache = cache
+        self.keys = [str(key) for key in keys]
+        self._locations = cache._locations(self.keys)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.keys), *self.cache.feature_shape)
+
+    dtype = np.dtype(CACHE_DTYPE)
+    ndim = 3
+
+    @property
+    def nbytes(self) -> int:
+        """What the features would take in memory: ``len(self)`` rows of the cache's size."""
+        return len(self.keys) * self.cache.nbytes_per_image
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            rows = np.arange(*index.indices(len(self)))
+        else:
+            rows = np.asarray(index)
+            if rows.dtype == bool or not np.issubdtype(rows.dtype, np.integer):
+                raise IndexError("CachedFeatures rows are chosen by an int, a slice or an "
+                                 f"array of ints, not {index!r}")
+            rows = np.where(rows < 0, rows + len(self), rows)
+            if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+                raise IndexError(f"row {index} is out of range for {len(self)} images")
+        return self.read(rows)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """``float16[*rows.shape, R, C]``: the features of the images at positions ``rows``."""
+        rows = np.asarray(rows)
+        found = self.cache._read_rows(self._locations[rows.reshape(-1)])
+        return found.reshape(rows.shape + self.cache.feature_shape)
+
+    def read_tensor(self, rows: tf.Tensor) -> tf.Tensor:
+        """:meth:`read` inside a ``tf.data`` pipeline: ``rows`` is an ``int64`` tensor."""
+        features = tf.numpy_function(self.read, [rows], tf.float16, stateful=False)
+        features.set_shape(rows.shape.concatenate(self.cache.feature_shape))
+        return features
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        everything = self.read(np.arange(len(self)))
+        return everything if dtype is None else everything.astype(dtype)
+
+    def __repr__(self) -> str:
+        return (f"CachedFeatures({len(self)} images of {list(self.cache.feature_shape)} "
+                f"{CACHE_DTYPE} in {self.cache.folder})")
 
 
 def extract_features(backbone_name: str, image_paths: Sequence[str | os.PathLike],

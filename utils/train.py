@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
+import glob
 import json
 import os
 import pathlib
@@ -20,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from . import datasets
-from .decoding import caption_images  # noqa: F401  (the chapters call train.caption_images)
 from .datasets import EncodedSplit
+from .decoding import caption_images  # noqa: F401  (the chapters call train.caption_images)
 from .text import Vocabulary
 
 RUN_INFO = "run.json"
@@ -51,11 +53,22 @@ def training_pipeline(split: EncodedSplit, batch_size: int, seed: int = 0, *,
     into batches, and the batches shuffled. Training trims every batch to its longest caption
     (``FastCaptioner.train_step``), so little time is spent on padding. ``fit`` decides with
     :func:`groups_by_length`.
+
+    ``split.pixels`` in memory become one constant of the pipeline. Cached features on disk
+    (:class:`utils.features.CachedFeatures`) are read batch by batch instead, while earlier
+    batches train (``prefetch``): only the order, 4 bytes per image, is held for a whole epoch,
+    so memory does not grow with the number of images, and the shuffle is over the whole split,
+    not within a buffer.
     """
     count, references = len(split), split.captions.shape[1]
     steps = steps_per_epoch or count // batch_size
     examples = steps * batch_size
-    pixels, captions = tf.constant(split.pixels), tf.constant(split.captions)
+    captions = tf.constant(split.captions)
+    if isinstance(split.pixels, np.ndarray):
+        pixels = tf.constant(split.pixels)
+        read_rows = functools.partial(tf.gather, pixels)
+    else:  # features on disk (utils.features.CachedFeatures): read as each batch needs them
+        read_rows = split.pixels.read_tensor
 
     def epoch_batches(epoch):
         seeds = tf.stack([tf.constant(seed, tf.int64), epoch])
@@ -80,7 +93,7 @@ def training_pipeline(split: EncodedSplit, batch_size: int, seed: int = 0, *,
         return tf.data.Dataset.from_tensor_slices((order, picks))
 
     def gather(rows, picks):
-        return tf.gather(pixels, rows), tf.gather_nd(captions, tf.stack([rows, picks], axis=-1))
+        return read_rows(rows), tf.gather_nd(captions, tf.stack([rows, picks], axis=-1))
 
     batches = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_batches)
     return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE,
@@ -115,24 +128,23 @@ def _resumed_epoch(backup_dir: pathlib.Path) -> int:
 
 def validation_pipeline(split: EncodedSplit, batch_size: int) -> tf.data.Dataset:
     """Every image once, with its first reference, for the teacher-forced validation loss."""
-    data = (split.pixels, split.captions[:, 0])
-    return tf.data.Dataset.from_tensor_slices(data).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    if isinstance(split.pixels, np.ndarray):
+        data = (split.pixels, split.captions[:, 0])
+        return tf.data.Dataset.from_tensor_slices(data).batch(batch_size).prefetch(
+            tf.data.AUTOTUNE)
+    first = tf.constant(split.captions[:, 0])  # features on disk: read batch by batch
 
+    def read(rows):
+        return split.pixels.read_tensor(rows), tf.gather(first, rows)
 
-def cached_features(images, cache) -> np.ndarray:
-    """The cached backbone features of ``images`` (:class:`utils.datasets.CaptionedImage`
-    records), ``float16[N, R, C]``, from a :class:`utils.features.FeatureCache` keyed by image
-    file name (as :func:`prepare_with_features` fills it)."""
-    missing = [record.path.name for record in images if record.path.name not in cache]
-    if missing:
-        raise KeyError(f"{len(missing)} images have no cached features, e.g. {missing[0]}; "
-                       "run utils.features.extract_features on them first")
-    return np.stack([cache.get(record.path.name) for record in images])
+    batches = tf.data.Dataset.range(len(split)).batch(batch_size)
+    return batches.map(read, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def prepare_with_features(records, profile, *, backbone: str = "inception_v3",
                           weights: str | None = "imagenet", min_count: int = 5, model=None,
-                          cache_dir: str | pathlib.Path | None = None
+                          cache_dir: str | pathlib.Path | None = None, in_memory: bool = False,
                           ) -> tuple[Vocabulary, dict[str, EncodedSplit]]:
     """A real dataset (``records``: a :class:`utils.datasets.CaptionDataset`, e.g. from
     ``load_dataset("flickr8k")``) ready for a captioner with ``encoder="features"``.
@@ -141,7 +153,10 @@ def prepare_with_features(records, profile, *, backbone: str = "inception_v3",
     under ``cache_dir`` (default ``data_root()/features/<dataset>``), so a second call, or one
     after an interruption, computes only what is missing. Words seen fewer than ``min_count``
     times in the training captions become ``<unk>``. Returns the vocabulary and the
-    ``train``/``val``/``test`` splits with features in place of pixels.
+    ``train``/``val``/``test`` splits with features in place of pixels: on disk
+    (:class:`utils.features.CachedFeatures`, read batch by batch as training and captioning
+    need them), or loaded into memory with ``in_memory`` (faster only where they fit twice:
+    ``benchmarks/streaming.py`` measures both).
     """
     from . import features
 
@@ -156,8 +171,9 @@ def prepare_with_features(records, profile, *, backbone: str = "inception_v3",
     splits = {}
     for name in ("train", "val", "test"):
         chosen = records.split(name)
+        rows = features.CachedFeatures(cache, [record.path.name for record in chosen])
         splits[name] = datasets.encode_split(chosen, vocabulary, length, name,
-                                             pixels=cached_features(chosen, cache))
+                                             pixels=np.asarray(rows) if in_memory else rows)
     return vocabulary, splits
 
 
@@ -268,21 +284,49 @@ class RandomStateBackup(keras.callbacks.Callback):
 
 
 def distribution_strategy() -> tf.distribute.Strategy:
-    """The strategy to build and train under: TPUs on a Colab TPU runtime, all GPUs with
+    """The strategy to build and train under: the TPU on a Colab TPU runtime, all GPUs with
     ``MirroredStrategy`` when there are several, else TensorFlow's default (one device).
 
     Create the model and compile it inside ``strategy.scope()``; ``fit`` then splits every batch
-    across the replicas and sums their gradients.
+    across the replicas and sums their gradients. A TPU that is found but cannot be started is
+    reported with a ``warning:`` line, and training goes on without it.
     """
-    if os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_NAME"):
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
+    tpu = tpu_resolver()
+    if tpu is not None:
+        try:
+            tf.config.experimental_connect_to_cluster(tpu)
+            tf.tpu.experimental.initialize_tpu_system(tpu)
+            return tf.distribute.TPUStrategy(tpu)
+        except (tf.errors.OpError, ValueError, RuntimeError) as error:
+            problem = " ".join(str(error).split())[:300]
+            _warn(f"a TPU was found but could not be started ({problem}); training without it")
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+#: Where a TPU VM's chips appear: ``/dev/accel<n>`` (TPU v2 to v4) and ``/dev/vfio/<n>`` (v5e
+#: and later). Current Colab TPU runtimes are TPU VMs.
+TPU_DEVICE_FILES = ("/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
+
+
+def tpu_resolver():
+    """A ``TPUClusterResolver`` for this machine's TPU, or ``None`` when it has none.
+
+    On a TPU VM (current Colab TPU runtimes, Cloud TPU VMs), whose chips are attached to this
+    machine, TensorFlow's TPU guide connects with ``TPUClusterResolver(tpu="local")``. Older
+    runtimes that reach a TPU over the network (Colab's retired TPU nodes, Kaggle) name it in
+    ``TPU_NAME`` or ``COLAB_TPU_ADDR``, which the resolver reads itself.
+    """
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver
+    if os.environ.get("TPU_NAME"):
+        return resolver()
+    if os.environ.get("COLAB_TPU_ADDR"):
+        return resolver(tpu=f"grpc://{os.environ['COLAB_TPU_ADDR']}")
+    if any(glob.glob(pattern) for pattern in TPU_DEVICE_FILES):
+        return resolver(tpu="local")
+    return None
 
 
 def compile_for_training(model, profile, steps_per_epoch: int) -> None:
