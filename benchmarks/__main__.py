@@ -5,7 +5,8 @@
     python -m benchmarks --smoke --out F   # seconds: tiny sizes, for the tests
     python -m benchmarks --only training decoding   # re-run some groups, keep the others
     python -m benchmarks --table           # print the README's table from results/suite-*.json
-    python -m benchmarks --update-readme   # write that table into benchmarks/README.md
+    python -m benchmarks --update-readme   # write it, and every other stored figure, into
+                                           # benchmarks/README.md (benchmarks/report.py)
 
 The output is a JSON list of ``{"name", "unit", "baseline", "fast", "ratio", ...}`` records;
 ``ratio > 1`` means the fast path wins. See benchmarks/README.md.
@@ -47,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.table or args.update_readme:
         table = suite.render_table(stored_results())
         if args.update_readme:
-            README.write_text(suite.readme_with_table(README.read_text(), table))
+            from . import report
+
+            text = suite.readme_with_table(README.read_text(), table)
+            README.write_text(report.with_blocks(suite.with_findings(text, stored_results())))
             print(f"updated {README}")
         else:
             print(table)

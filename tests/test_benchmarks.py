@@ -170,3 +170,128 @@ def test_the_readme_results_table_is_generated_from_the_stored_results():
         "`python -m benchmarks.results_table --update-readme`")
     names = [name for name, _ in results_table.rows(decoders, scst)]
     assert len(names) == len(decoders["results"]) + len(scst["results"])
+
+
+# --- the tutorial's own loops (benchmarks/tutorial.py) -----------------------------------------
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _numpy_tutorial_step(model, encoded, hidden, token):
+    """One step of the tutorial's decoder, as its text describes it, in NumPy: Bahdanau attention
+    on the previous state, ``[context, word]`` into a GRU that starts from zeros (reset gate
+    after the recurrent product, Keras' default), ``fc1``, ``fc2``."""
+    def dense(layer, x):
+        kernel, bias = (w.numpy() for w in layer.weights)
+        return x @ kernel + bias
+
+    att = model.attention
+    scores = dense(att.V, np.tanh(dense(att.W1, encoded) + dense(att.W2, hidden)[:, None]))
+    weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)  # [B, R, 1]
+    context = (weights * encoded).sum(axis=1)
+    word = model.embedding.embeddings.numpy()[token]
+    x = np.concatenate([context, word], axis=-1)
+    kernel, recurrent, bias = (w.numpy() for w in model.gru.weights)
+    units = recurrent.shape[0]
+    inputs, from_zero_state = x @ kernel + bias[0], bias[1]  # zeros @ recurrent = 0
+    z = _sigmoid(inputs[:, :units] + from_zero_state[:units])
+    r = _sigmoid(inputs[:, units : 2 * units] + from_zero_state[units : 2 * units])
+    candidate = np.tanh(inputs[:, 2 * units :] + r * from_zero_state[2 * units :])
+    state = (1 - z) * candidate  # + z * 0, the zero initial state
+    return dense(model.fc2, dense(model.fc1, state)), state, weights[..., 0]
+
+
+def _tiny_tutorial(vocab=20, max_length=9):
+    from benchmarks.tutorial import TutorialCaptioner
+
+    tf.random.set_seed(0)
+    model = TutorialCaptioner(vocab, max_length=max_length, embedding_dim=6, units=8)
+    features = np.random.default_rng(1).normal(size=(3, 5, 7)).astype(np.float32)
+    model.build_for(features)
+    return model, features
+
+
+def test_the_tutorial_train_step_computes_its_published_loss():
+    """The loss on a fixed batch with fixed weights equals a direct NumPy computation of the
+    tutorial's: per step the batch mean of the masked cross-entropy, padding in the
+    denominator, summed over the steps of captions padded to ``max_length``."""
+    model, features = _tiny_tutorial()
+    captions = np.array([[2, 5, 6, 3], [2, 7, 3, 0], [2, 9, 10, 11]], np.int32)
+    padded = np.pad(captions, [(0, 0), (0, 9 - 4)])
+    kernel, bias = (w.numpy() for w in model.encoder_fc.weights)
+    encoded = np.maximum(features @ kernel + bias, 0)
+    hidden, total = np.zeros((3, 8)), 0.0
+    for i in range(1, 9):
+        logits, hidden, _ = _numpy_tutorial_step(model, encoded, hidden, padded[:, i - 1])
+        target = padded[:, i]
+        log_z = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+        cross_entropy = log_z - logits[np.arange(3), target]
+        total += np.mean(cross_entropy * (target != 0))
+    before = {w.path: w.numpy() for w in model.trainable_variables}
+    loss = float(model.train_on(features, captions))
+    np.testing.assert_allclose(loss, total, rtol=1e-5)
+    moved = {w.path.split("/")[-1] for w in model.trainable_variables
+             if not np.array_equal(before[w.path], w.numpy())}
+    unmoved = {w.path.split("/")[-1] for w in model.trainable_variables} - moved
+    # The GRU always starts from zeros, so its recurrent kernel gets no gradient and never trains.
+    assert unmoved == {"recurrent_kernel"}
+
+
+def test_the_tutorial_evaluate_draws_each_word_from_the_published_step():
+    """``evaluate`` is eager, one image, a word drawn per step until ``<end>``: the attention it
+    records at every step is the NumPy step's, given the words it drew."""
+    model, features = _tiny_tutorial()
+    tf.random.set_seed(3)
+    words, attention = model.evaluate(features[0], max_length=7)
+    assert 1 <= len(words) <= 7 and attention.shape == (len(words), 5)
+    assert "<end>" not in words[:-1] and (len(words) == 7 or words[-1] == "<end>")
+    vocabulary = ["", "[UNK]", "<start>", "<end>"] + [f"w{i}" for i in range(4, 20)]
+    ids = [2] + [vocabulary.index(word) for word in words]
+    kernel, bias = (w.numpy() for w in model.encoder_fc.weights)
+    encoded = np.maximum(features[:1] @ kernel + bias, 0)
+    hidden = np.zeros((1, 8))
+    for step, token in enumerate(ids[:-1]):
+        _, hidden, weights = _numpy_tutorial_step(model, encoded, hidden, np.array([token]))
+        np.testing.assert_allclose(attention[step], weights[0], rtol=1e-5, atol=1e-7)
+
+
+# --- streaming from the feature cache (benchmarks/streaming.py) --------------------------------
+
+
+def test_the_streaming_benchmark_makes_caches_of_the_real_layout(tmp_path):
+    from benchmarks import streaming
+    from utils.features import CachedFeatures
+
+    cache = streaming.make_cache(tmp_path, 3)
+    assert cache.feature_shape == (64, 2048) and len(cache) == 3
+    rows = np.asarray(CachedFeatures(cache, cache.keys))
+    assert rows.dtype == np.float16 and np.isfinite(rows).all()
+    assert 0 <= rows.min() and rows.max() < 1 and rows.std() > 0.1
+    assert streaming.make_cache(tmp_path, 3).keys == cache.keys  # made once, then reused
+    runs = [{"images": 2000, "mode": "memory", "peak_memory_mb": 3000, "images_per_second": 100},
+            {"images": 2000, "mode": "disk", "peak_memory_mb": 2000, "images_per_second": 99},
+            {"images": 40000, "mode": "disk", "peak_memory_mb": 2500, "images_per_second": 90}]
+    goals = streaming.verdict(runs)
+    assert goals["disk_peak_memory_growth"] == 0.25 and not goals["memory_goal_met"]
+    assert goals["disk_over_memory_throughput_small"] == 0.99 and goals["throughput_goal_met"]
+
+
+def test_every_stored_figure_in_the_readmes_is_generated_from_the_results():
+    """benchmarks/README.md's blocks (benchmarks/report.py) and the main README's streaming
+    figures are what the stored results give: `python -m benchmarks --update-readme` and
+    `python -m benchmarks.streaming --update-readme` rewrite them."""
+    from benchmarks import report, results_table, streaming
+
+    readme = runner.README.read_text()
+    assert readme == report.with_blocks(readme), (
+        "benchmarks/README.md is out of date: run `python -m benchmarks --update-readme`")
+    main_readme = results_table.README.read_text()
+    stored = json.loads((ROOT / "benchmarks/results/streaming-cpu.json").read_text())
+    expected = results_table.readme_with_table(main_readme, streaming.render(stored),
+                                               streaming.README_START, streaming.README_END)
+    assert main_readme == expected, "run `python -m benchmarks.streaming --update-readme`"
+    assert stored["results"]["goals"]["memory_goal_met"]
+    assert stored["results"]["goals"]["throughput_goal_met"]

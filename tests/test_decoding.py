@@ -508,6 +508,18 @@ def test_captioner_beam_of_three_never_scores_below_greedy(captioner_and_images)
     assert (attention.sum(-1)[~real_steps] == 0).all() and (~real_steps).any()
 
 
+def test_an_eager_search_finds_what_the_compiled_one_finds(captioner_and_images):
+    """``compiled=False`` (the command line's one-batch caption) skips tracing, nothing else."""
+    model, images = captioner_and_images
+    for beam_size in (1, 3):
+        graph = decoding.decode_images(model, images, max_length=7, beam_size=beam_size)
+        eager = decoding.decode_images(model, images, max_length=7, beam_size=beam_size,
+                                       compiled=False)
+        np.testing.assert_array_equal(eager.sequences, graph.sequences)
+        np.testing.assert_allclose(eager.scores, graph.scores, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(eager.attention, graph.attention, rtol=1e-5, atol=1e-6)
+
+
 def test_captioner_decoding_defaults(captioner_and_images):
     """No length penalty unless asked; one sample at temperature 1 from all words, seed 0."""
     model, images = captioner_and_images

@@ -42,6 +42,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 
+#: Images the caption command decodes at once.
+CAPTION_BATCH = 250
+
+
 class _OneLineErrorParser(argparse.ArgumentParser):
     """An argument parser that reports bad input as a single ``error:`` line (exit status 2)."""
 
@@ -405,8 +409,11 @@ def _run_caption(args: argparse.Namespace) -> int:
 
     readable = [args.images[position] for position in kept]
     loaded = load_captioner(folder)
+    # One batch is searched once, and eagerly that is faster than tracing its graph first.
     captions, attention = caption_images(loaded.model, pixels, loaded.vocabulary,
-                                         loaded.max_length, beam_size=args.beam_size)
+                                         loaded.max_length, beam_size=args.beam_size,
+                                         batch_size=CAPTION_BATCH,
+                                         compiled=len(pixels) > CAPTION_BATCH)
     for path, text in zip(readable, captions):
         print(f"{path}: {text or '(no words)'}")
     if args.attention_out is not None:
@@ -478,5 +485,19 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+def _exit(status: int) -> None:
+    """End the program with ``status``. Once TensorFlow is loaded, its teardown at interpreter
+    exit takes about a second and does nothing a finished command needs (every file it wrote is
+    closed), so the streams are flushed and the process ends at once."""
+    if "tensorflow" not in sys.modules:
+        sys.exit(status)
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

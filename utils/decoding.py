@@ -354,9 +354,14 @@ def captioner_step_fn(model) -> StepFn:
 
 def decode_images(model, images, *, max_length: int, method: str = "beam", beam_size: int = 1,
                   length_penalty: float = 0.0, num_samples: int = 1, temperature: float = 1.0,
-                  top_k: int = 0, seed: int = 0, jit_compile: bool = False) -> BeamResult:
+                  top_k: int = 0, seed: int = 0, jit_compile: bool = False,
+                  compiled: bool = True) -> BeamResult:
     """Caption a batch of ``uint8[B, H, W, 3]`` images with the Captioner ``model``, encoding
     and searching in one graph (with ``jit_compile``, XLA compiles the encoder too).
+
+    ``compiled=False`` runs the same search eagerly, operation by operation: no graph is
+    traced, which is cheaper for a search run once (a second or so at the ``cpu`` sizes, against
+    a fifth of that eagerly; ``benchmarks/latency.py``) and slower every time after.
 
     ``method="beam"`` keeps ``beam_size`` captions per image (1: greedy, the same words as
     ``utils.captioner.greedy_decode``); ``method="sample"`` draws ``num_samples`` with ``temperature``, ``top_k``
@@ -372,6 +377,8 @@ def decode_images(model, images, *, max_length: int, method: str = "beam", beam_
                                    num_samples, temperature, top_k, seed)
     else:
         raise ValueError(f"method must be 'beam' or 'sample', got {method!r}")
+    if not compiled:
+        return _decode_images(model, images, plan, knobs)
     return _IMAGE_GRAPHS[jit_compile](model, images, plan, knobs)
 
 
@@ -386,16 +393,18 @@ _IMAGE_GRAPHS = {False: tf.function(_decode_images),
 
 def caption_images(model, pixels: np.ndarray, vocabulary, max_length: int,
                    batch_size: int = 250, beam_size: int = 1,
-                   count: int | None = None) -> tuple[list[str], np.ndarray]:
+                   count: int | None = None, compiled: bool = True
+                   ) -> tuple[list[str], np.ndarray]:
     """Captions for the first ``count`` (default: all) of ``uint8[N, H, W, 3]`` images (greedy,
     or the best of a beam search) and the attention weights behind each word,
     ``[count, max_length, R]``. ``pixels`` may also be features on disk
-    (:class:`utils.features.CachedFeatures`): they are read one batch at a time."""
+    (:class:`utils.features.CachedFeatures`): they are read one batch at a time.
+    ``compiled``: as :func:`decode_images`."""
     stop = len(pixels) if count is None else min(count, len(pixels))
     captions, attention = [], []
     for start in range(0, stop, batch_size):
         result = decode_images(model, pixels[start : min(start + batch_size, stop)],
-                               max_length=max_length, beam_size=beam_size)
+                               max_length=max_length, beam_size=beam_size, compiled=compiled)
         captions += [vocabulary.decode(row) for row in result.sequences[:, 0].numpy()]
         attention.append(result.attention[:, 0].numpy())
     return captions, np.concatenate(attention)
