@@ -195,13 +195,20 @@ class FeatureCache:
         for shard in np.unique(locations[:, 0]):
             path = self.folder / f"{self._index['shards'][shard]}.features.npy"
             start = self._data_offset(int(shard), path)
+            targets = np.flatnonzero(locations[:, 0] == shard)
             with open(path, "rb", buffering=0) as file:
-                for target in np.flatnonzero(locations[:, 0] == shard):
-                    row = int(locations[target, 1])
-                    file.seek(start + row * row_bytes)
-                    if file.readinto(memoryview(rows[target]).cast("B")) != row_bytes:
-                        raise ValueError(f"{path} ends before row {row}: the file is cut short; "
-                                         f"delete the folder {self.folder} and extract again")
+                # Rows asked for in file order, one after another, become one read.
+                for run in _runs(locations[targets, 1], targets):
+                    first, count = int(locations[run[0], 1]), len(run)
+                    into = (rows[run[0] : run[0] + count] if run[-1] - run[0] == count - 1
+                            else np.empty((count, *self.feature_shape), CACHE_DTYPE))
+                    file.seek(start + first * row_bytes)
+                    if file.readinto(memoryview(into).cast("B")) != count * row_bytes:
+                        raise ValueError(f"{path} ends before row {first + count - 1}: the "
+                                         f"file is cut short; delete the folder {self.folder} "
+                                         "and extract again")
+                    if into.base is None:  # read into a buffer of its own: copy it in place
+                        rows[run] = into
         return rows
 
     def _data_offset(self, shard: int, path: pathlib.Path) -> int:
@@ -299,6 +306,15 @@ class CachedFeatures:
     def __repr__(self) -> str:
         return (f"CachedFeatures({len(self)} images of {list(self.cache.feature_shape)} "
                 f"{CACHE_DTYPE} in {self.cache.folder})")
+
+
+def _runs(file_rows: np.ndarray, targets: np.ndarray) -> list[np.ndarray]:
+    """``targets`` cut into runs whose ``file_rows`` follow one another in the file (each row
+    the previous plus one): each run is one read."""
+    if len(targets) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(file_rows) != 1) + 1
+    return np.split(targets, breaks)
 
 
 def extract_features(backbone_name: str, image_paths: Sequence[str | os.PathLike],
