@@ -94,6 +94,7 @@ class Mode:
     pipeline_sizes: str
     repeats: int  # alternating repetitions per measurement (medians are over these)
     batches: int  # distinct training batches, each timed once per repetition
+    grouped_batches: int  # batches of the fast path where fit trims them: a whole chunk
     single_images: int  # images captioned one at a time per repetition
     backbone: str  # feature extraction network (weights=None: no download)
     extract_images: int
@@ -104,17 +105,17 @@ class Mode:
 
 MODES = {
     "smoke": Mode("smoke", ("tiny",), ("tiny",), "tiny-cnn", repeats=2, batches=1,
-                  single_images=2, backbone="shapes_cnn", extract_images=8, pipeline_steps=3,
-                  matmul_size=256),
+                  grouped_batches=2, single_images=2, backbone="shapes_cnn", extract_images=8,
+                  pipeline_steps=3, matmul_size=256),
     # Under 3 minutes on 2 cores: the tutorial-size training step (whose XLA compilation alone
     # takes a minute per caption length on a CPU) is left to the full mode.
     "quick": Mode("quick", ("shapes-cpu",), ("shapes-cpu", "tutorial"), "shapes-cpu", repeats=3,
-                  batches=1, single_images=3, backbone="mobilenet_v3", extract_images=8,
-                  pipeline_steps=4),
+                  batches=1, grouped_batches=16, single_images=3, backbone="mobilenet_v3",
+                  extract_images=8, pipeline_steps=4),
     "full": Mode("full", ("shapes-cpu", "tutorial"), ("shapes-cpu", "tutorial"), "shapes-cpu",
-                 repeats=5, batches=3, single_images=8, backbone="inception_v3",
-                 extract_images=64, pipeline_steps=20, quality_minutes=(2.0, 5.0, 10.0),
-                 matmul_size=2048),
+                 repeats=5, batches=3, grouped_batches=16, single_images=8,
+                 backbone="inception_v3", extract_images=64, pipeline_steps=20,
+                 quality_minutes=(2.0, 5.0, 10.0), matmul_size=2048),
 }
 
 
@@ -412,8 +413,6 @@ def bench_training(sizes: Sizes, mode: Mode, variants: dict | None = None) -> li
     matrix-multiply speed measured in the same repetitions."""
     import keras
 
-    from utils import train
-
     rng = np.random.default_rng(1)
     batches = [(random_inputs(sizes, rng, sizes.batch), random_captions(sizes, rng, sizes.batch))
                for _ in range(mode.batches)]
@@ -451,7 +450,7 @@ def bench_training(sizes: Sizes, mode: Mode, variants: dict | None = None) -> li
         step = fast_train_step(model)
         # A baseline's step costs the same for any captions (padded to full length), a trimmed
         # one depends on them: time a whole chunk as fit groups it, not a lucky few batches.
-        fed = fed_batches(model, sizes, train.LENGTH_GROUP_BATCHES if model.trim_batches
+        fed = fed_batches(model, sizes, mode.grouped_batches if model.trim_batches
                           else len(batches))
         steps_timed[name] = len(fed)
         kept = [trimmed_positions(c) if model.trim_batches else sizes.positions for _, c in fed]
