@@ -139,6 +139,7 @@ def test_training_streams_cached_features_exactly_as_from_memory(tiny, tmp_path)
     keras.utils.set_random_seed(0)
     model = captioner_from_profile(tiny.profile, len(tiny.vocab), encoder="features",
                                    region_dim=8)
+    model((val_memory.pixels[:1], np.full((1, 1), 2, np.int32)))  # its weights, before decoding
     # the same batch shapes on both sides: an untrained model's near-ties must round alike
     from_disk = decoding.caption_images(model, val_disk.pixels, tiny.vocab, 6, batch_size=2,
                                         count=3)
