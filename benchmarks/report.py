@@ -104,15 +104,10 @@ def markers(name: str) -> tuple[str, str]:
 
 def with_blocks(text: str) -> str:
     """``text`` with every generated block replaced by what the stored results give."""
+    from .results_table import readme_with_table
+
     for name, render in BLOCKS.items():
-        start, end = markers(name)
-        head, found, rest = text.partition(start)
-        if not found:
-            raise ValueError(f"benchmarks/README.md has no line {start!r}")
-        _, found, tail = rest.partition(end)
-        if not found:
-            raise ValueError(f"benchmarks/README.md has no line {end!r}")
-        text = f"{head}{start}\n\n{render()}\n{end}{tail}"
+        text = readme_with_table(text, f"\n{render()}\n", *markers(name))
     return text
 
 

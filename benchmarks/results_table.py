@@ -80,11 +80,14 @@ def stored() -> tuple[dict, dict]:
 
 
 def readme_with_table(text: str, table: str, start: str = START, end: str = END) -> str:
-    """``text`` with the block between the lines ``start`` and ``end`` replaced by ``table``."""
-    if start not in text or end not in text:
-        raise SystemExit(f"README.md has no {start!r} ... {end!r} block")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
+    """``text`` with the block between the lines ``start`` and ``end`` replaced by ``table``
+    (which ends with a newline): every generated block of the READMEs is written by this."""
+    head, found, rest = text.partition(start)
+    if not found:
+        raise ValueError(f"README has no line {start!r}")
+    _, found, tail = rest.partition(end)
+    if not found:
+        raise ValueError(f"README has no line {end!r}")
     return f"{head}{start}\n{table}{end}{tail}"
 
 

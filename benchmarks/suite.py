@@ -912,13 +912,9 @@ TABLE_END = "<!-- end of suite table -->"
 
 def readme_with_table(readme: str, table: str) -> str:
     """``readme`` with the text between the two table markers replaced by ``table``."""
-    head, found, rest = readme.partition(TABLE_START)
-    if not found:
-        raise ValueError(f"README has no line {TABLE_START!r}")
-    _, found, tail = rest.partition(TABLE_END)
-    if not found:
-        raise ValueError(f"README has no line {TABLE_END!r}")
-    return f"{head}{TABLE_START}\n\n{table}\n{TABLE_END}{tail}"
+    from .results_table import readme_with_table as with_block
+
+    return with_block(readme, f"\n{table}\n", TABLE_START, TABLE_END)
 
 
 # --- what the results say (benchmarks/README.md) --------------------------------------------------
@@ -1048,12 +1044,8 @@ def with_findings(readme: str, paths) -> str:
     """``readme`` with the findings block rewritten from the first full-mode CPU results file."""
     full = [pathlib.Path(p) for p in paths if pathlib.Path(p).name.endswith("-full.json")
             and "cpu" in pathlib.Path(p).name]
+    from .results_table import readme_with_table as with_block
+
     block = (findings(json.loads(full[0].read_text())) if full
              else "No full run is stored: run `make bench`.\n")
-    head, found, rest = readme.partition(FINDINGS_START)
-    if not found:
-        raise ValueError(f"README has no line {FINDINGS_START!r}")
-    _, found, tail = rest.partition(FINDINGS_END)
-    if not found:
-        raise ValueError(f"README has no line {FINDINGS_END!r}")
-    return f"{head}{FINDINGS_START}\n\n{block}\n{FINDINGS_END}{tail}"
+    return with_block(readme, f"\n{block}\n", FINDINGS_START, FINDINGS_END)
