@@ -264,6 +264,9 @@ class FastCaptioner(Captioner):
         self.compiled_decoders = {}
 
     def decode(self, regions, tokens, training=False):
+        if keras.backend.backend() != "tensorflow":
+            # JAX and PyTorch: Keras compiles the whole step its own way
+            return super().decode(regions, tokens, training)
         length = tokens.shape[1]
         if length not in self.compiled_decoders:
             # reduce_retracing lets the batch size vary; the length is fixed
