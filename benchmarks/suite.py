@@ -989,7 +989,7 @@ def findings(records: list[dict]) -> str:
             "every weight) and to the per-step products, whose 64 rows are too few to reach "
             "the matrix-multiply speed.")
     for sizes in ("tutorial", "shapes-cpu"):
-        batch = {"tutorial": 64, "shapes-cpu": 32}[sizes]
+        batch = SIZES[sizes].batch
         eager = find(sizes, f"batched greedy ({batch} images) vs the tutorial's eager evaluate")
         beam_eager = find(sizes,
                           f"batched beam 3 ({batch} images) vs the tutorial's eager evaluate")

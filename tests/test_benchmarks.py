@@ -204,6 +204,12 @@ def _numpy_tutorial_step(model, encoded, hidden, token):
     return dense(model.fc2, dense(model.fc1, state)), state, weights[..., 0]
 
 
+def _numpy_encode(model, features):
+    """The tutorial's encoder in NumPy: ``relu(features W + b)``."""
+    kernel, bias = (w.numpy() for w in model.encoder_fc.weights)
+    return np.maximum(features @ kernel + bias, 0)
+
+
 def _tiny_tutorial(vocab=20, max_length=9):
     from benchmarks.tutorial import TutorialCaptioner
 
@@ -221,8 +227,7 @@ def test_the_tutorial_train_step_computes_its_published_loss():
     model, features = _tiny_tutorial()
     captions = np.array([[2, 5, 6, 3], [2, 7, 3, 0], [2, 9, 10, 11]], np.int32)
     padded = np.pad(captions, [(0, 0), (0, 9 - 4)])
-    kernel, bias = (w.numpy() for w in model.encoder_fc.weights)
-    encoded = np.maximum(features @ kernel + bias, 0)
+    encoded = _numpy_encode(model, features)
     hidden, total = np.zeros((3, 8)), 0.0
     for i in range(1, 9):
         logits, hidden, _ = _numpy_tutorial_step(model, encoded, hidden, padded[:, i - 1])
@@ -252,8 +257,7 @@ def test_the_tutorial_evaluate_draws_each_word_from_the_published_step():
     assert "<end>" not in words[:-1] and (len(words) == 7 or words[-1] == "<end>")
     vocabulary = ["", "[UNK]", "<start>", "<end>"] + [f"w{i}" for i in range(4, 20)]
     ids = [2] + [vocabulary.index(word) for word in words]
-    kernel, bias = (w.numpy() for w in model.encoder_fc.weights)
-    encoded = np.maximum(features[:1] @ kernel + bias, 0)
+    encoded = _numpy_encode(model, features[:1])
     hidden = np.zeros((1, 8))
     for step, token in enumerate(ids[:-1]):
         _, hidden, weights = _numpy_tutorial_step(model, encoded, hidden, np.array([token]))

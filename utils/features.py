@@ -68,9 +68,9 @@ class FeatureCache:
     plus ``shard_00000.keys.npy`` (the N keys, a fixed-width unicode array). Plain ``.npy``
     rather than ``.npz`` because each row of an ``.npy`` file sits at a known offset: readers
     read only the rows they need, so a COCO-sized cache (tens of GB) need not fit in memory
-    (:class:`CachedFeatures`). Nothing is pickled. The index is replaced atomically after each shard is complete, so a cache killed at
-    any moment still opens, holding every shard finished before the kill. One process writes
-    to a cache at a time; any number may read it.
+    (:class:`CachedFeatures`). Nothing is pickled. The index is replaced atomically after each
+    shard is complete, so a cache killed at any moment still opens, holding every shard finished
+    before the kill. One process writes to a cache at a time; any number may read it.
 
     Opening reads the index once; a cache extended later by another call needs reopening.
     """
@@ -200,14 +200,16 @@ class FeatureCache:
                 # Rows asked for in file order, one after another, become one read.
                 for run in _runs(locations[targets, 1], targets):
                     first, count = int(locations[run[0], 1]), len(run)
-                    into = (rows[run[0] : run[0] + count] if run[-1] - run[0] == count - 1
+                    # straight into the result where the run fills consecutive rows of it
+                    in_place = run[-1] - run[0] == count - 1
+                    into = (rows[run[0] : run[0] + count] if in_place
                             else np.empty((count, *self.feature_shape), CACHE_DTYPE))
                     file.seek(start + first * row_bytes)
                     if file.readinto(memoryview(into).cast("B")) != count * row_bytes:
                         raise ValueError(f"{path} ends before row {first + count - 1}: the "
                                          f"file is cut short; delete the folder {self.folder} "
                                          "and extract again")
-                    if into.base is None:  # read into a buffer of its own: copy it in place
+                    if not in_place:
                         rows[run] = into
         return rows
 
@@ -294,7 +296,7 @@ class CachedFeatures:
         return found.reshape(rows.shape + self.cache.feature_shape)
 
     def read_tensor(self, rows: tf.Tensor) -> tf.Tensor:
-        """:meth:`read` inside a ``tf.data`` pipeline: ``rows`` is an ``int64`` tensor."""
+        """:meth:`read` inside a ``tf.data`` pipeline: ``rows`` is an integer tensor."""
         features = tf.numpy_function(self.read, [rows], tf.float16, stateful=False)
         features.set_shape(rows.shape.concatenate(self.cache.feature_shape))
         return features

@@ -316,8 +316,8 @@ def tpu_resolver():
 
     On a TPU VM (current Colab TPU runtimes, Cloud TPU VMs), whose chips are attached to this
     machine, TensorFlow's TPU guide connects with ``TPUClusterResolver(tpu="local")``. Older
-    runtimes that reach a TPU over the network (Colab's retired TPU nodes, Kaggle) name it in
-    ``TPU_NAME`` or ``COLAB_TPU_ADDR``, which the resolver reads itself.
+    runtimes that reach a TPU over the network name it in ``TPU_NAME`` (Kaggle; the resolver
+    reads it itself) or ``COLAB_TPU_ADDR`` (Colab's retired TPU nodes; passed as its address).
     """
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver
     if os.environ.get("TPU_NAME"):
