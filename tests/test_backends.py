@@ -1,9 +1,12 @@
-"""The captioner on Keras 3's other backends (issue 21, begun): the same weights give the same
-loss under JAX as under TensorFlow.
+"""The captioner on Keras 3's three backends (issue 21): given the same weights, TensorFlow, JAX
+and (where installed) PyTorch compute the same loss, the same greedy and beam captions, and the
+same training step; the smoke profile trains and captions on JAX with TensorFlow out of reach.
 
-Keras fixes its backend when it is first imported, so the JAX side runs in a new process with
-``KERAS_BACKEND=jax``; the weights travel as a ``.weights.h5`` file, which every backend reads.
+Keras fixes its backend when it is first imported, so each other backend runs in a new process
+with ``KERAS_BACKEND`` set; the weights travel as a ``.weights.h5`` file, which every backend
+reads.
 """
+import importlib.util
 import json
 import os
 import pathlib
@@ -14,44 +17,143 @@ import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+MAX_LENGTH = 6
 
 
-def tiny_loss(weights: str, mode: str) -> dict:
-    """Build the tiny captioner on this process's backend, save its weights to ``weights``
-    (``mode="save"``) or load them from there, and return the backend and the loss of a fixed
-    batch."""
+def tiny_batch() -> tuple[np.ndarray, np.ndarray]:
+    """Four images' cached features ``float16[4, 16, 12]`` and their captions ``int32[4, 5]``."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(4, 16, 12)).astype(np.float16)
+    captions = np.array([[2, 5, 6, 3, 0], [2, 7, 3, 0, 0], [2, 9, 10, 11, 3], [2, 4, 3, 0, 0]],
+                        np.int32)
+    return features, captions
+
+
+def tiny_run(weights: str, mode: str) -> dict:
+    """Build the tiny captioner on this process's backend. ``mode="save"``: train it a few
+    steps, so that its captions are not those of random weights, and save its weights to
+    ``weights``; ``mode="load"``: load them from there. Then return the backend, the loss of a
+    fixed batch, its greedy and beam captions, and the loss after one SGD step."""
     import keras
 
-    from utils.captioner import build_captioner
+    from utils.captioner import build_captioner, greedy_decode
+    from utils.decoding import decode_images
 
     keras.utils.set_random_seed(0)
     # cached features, not the CNN: every operation is compiled on its first use under JAX
     model = build_captioner(20, encoder="features", region_dim=8, embed_dim=8, units=16,
                             attention_units=8, jit_decoder=False)
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(4, 16, 12)).astype(np.float16)  # [B, R, C] features
-    captions = np.array([[2, 5, 6, 3, 0], [2, 7, 3, 0, 0], [2, 9, 10, 11, 3], [2, 4, 3, 0, 0]],
-                        np.int32)
-    model((images[:1], captions[:1, :-1]))
+    features, captions = tiny_batch()
+    model((features[:1], captions[:1, :-1]))
     if mode == "save":
+        model.compile(optimizer=keras.optimizers.Adam(0.03))
+        for _ in range(8):
+            model.train_on_batch(features, captions)
         model.save_weights(weights)
     else:
         model.load_weights(weights)
-    loss = model.objective(images, captions).loss
-    return {"backend": keras.backend.backend(),
-            "loss": float(keras.ops.convert_to_numpy(loss))}
+
+    def numbers(tensor):
+        return keras.ops.convert_to_numpy(tensor).tolist()
+
+    run = {
+        "backend": keras.backend.backend(),
+        "loss": float(numbers(model.objective(features, captions).loss)),
+        "greedy": numbers(decode_images(model, features, max_length=MAX_LENGTH).sequences),
+        "greedy_loop": numbers(greedy_decode(model, features, MAX_LENGTH)[0]),
+        "beam": numbers(decode_images(model, features, max_length=MAX_LENGTH,
+                                      beam_size=3).sequences),
+    }
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    model.train_on_batch(features, captions)
+    run["loss_after_step"] = float(numbers(model.objective(features, captions).loss))
+    return run
 
 
-def test_the_jax_backend_computes_the_tensorflow_loss(tmp_path):
-    pytest.importorskip("jax", reason="JAX is a pinned test dependency (requirements-dev.txt)")
-    weights = tmp_path / "tiny.weights.h5"
-    on_tensorflow = tiny_loss(str(weights), "save")  # this process: TensorFlow
-    code = ("import json, sys; from tests.test_backends import tiny_loss; "
-            "print(json.dumps(tiny_loss(sys.argv[1], 'load')))")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+def run_on(backend: str, weights) -> dict:
+    """:func:`tiny_run` in a new process on ``backend``, loading ``weights``."""
+    code = ("import json, sys; from tests.test_backends import tiny_run; "
+            "print(json.dumps(tiny_run(sys.argv[1], 'load')))")
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code, str(weights)], env=env,
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    on_jax = json.loads(done.stdout.strip().splitlines()[-1])
-    assert (on_tensorflow["backend"], on_jax["backend"]) == ("tensorflow", "jax")
-    np.testing.assert_allclose(on_jax["loss"], on_tensorflow["loss"], rtol=1e-5)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def assert_same_model(other: dict, tensorflow: dict, backend: str) -> None:
+    assert (tensorflow["backend"], other["backend"]) == ("tensorflow", backend)
+    np.testing.assert_allclose(other["loss"], tensorflow["loss"], rtol=1e-5)
+    for search in ("greedy", "greedy_loop", "beam"):
+        assert other[search] == tensorflow[search], search
+    np.testing.assert_allclose(other["loss_after_step"], tensorflow["loss_after_step"],
+                               rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def on_tensorflow(tmp_path_factory) -> tuple[dict, pathlib.Path]:
+    weights = tmp_path_factory.mktemp("backends") / "tiny.weights.h5"
+    run = tiny_run(str(weights), "save")  # this process: TensorFlow
+    # the captions are a test only if the model writes some
+    assert any(3 in row[0] for row in run["greedy"]), run["greedy"]
+    assert run["loss_after_step"] < run["loss"]
+    return run, weights
+
+
+def test_jax_computes_what_tensorflow_computes(on_tensorflow):
+    pytest.importorskip("jax", reason="JAX is a pinned test dependency (requirements-dev.txt)")
+    tensorflow, weights = on_tensorflow
+    assert_same_model(run_on("jax", weights), tensorflow, "jax")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="PyTorch is not installed (it is not a test dependency: a CPU wheel "
+                           "is about 200 MB); pip install torch to run this test")
+def test_pytorch_computes_what_tensorflow_computes(on_tensorflow):
+    tensorflow, weights = on_tensorflow
+    assert_same_model(run_on("torch", weights), tensorflow, "torch")
+
+
+SMOKE_ON_JAX = """
+import importlib.abc, json, sys
+
+
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+    # as on a GPU machine without TensorFlow: importing it fails
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, NoTensorFlow())
+import keras, numpy as np
+from utils import evaluation, train
+from utils.captioner import captioner_from_profile
+from utils.profile import get_profile
+
+profile = get_profile("smoke")
+vocabulary, splits = train.prepare_shapes(profile)
+keras.utils.set_random_seed(0)
+model = captioner_from_profile(profile, len(vocabulary))
+history = train.fit(model, splits["train"], splits["val"], vocabulary, profile, sys.argv[1],
+                    verbose=0)
+scored = evaluation.score_split(model, splits["test"], vocabulary,
+                                profile.max_caption_tokens + 1, count=8, metrics=["Bleu_4"])
+print(json.dumps({"backend": keras.backend.backend(), "loss": history.history["loss"],
+                  "log_v": float(np.log(len(vocabulary))), "captions": scored.captions,
+                  "modules": sorted(m for m in sys.modules if m.startswith("tensorflow"))}))
+"""
+
+
+def test_the_smoke_profile_trains_and_captions_on_jax_without_tensorflow(tmp_path):
+    pytest.importorskip("jax", reason="JAX is a pinned test dependency (requirements-dev.txt)")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", SMOKE_ON_JAX, str(tmp_path / "run")], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    assert run["backend"] == "jax"
+    assert run["modules"] == []
+    assert len(run["loss"]) == 2 and run["loss"][-1] < run["log_v"] - 0.5, run["loss"]
+    assert len(run["captions"]) == 8 and all(isinstance(c, str) for c in run["captions"])
+    assert (tmp_path / "run" / "best.weights.h5").exists()

@@ -19,7 +19,7 @@ def test_teacher_forced_shapes():
     model = tiny_captioner()
     images = np.zeros((3, 64, 64, 3), np.uint8)
     tokens = np.full((3, 7), 2, np.int32)
-    logits, weights = model((images, tokens))
+    logits, weights, _ = model((images, tokens))
     assert logits.shape == (3, 7, 12)
     assert weights.shape == (3, 7, 64)
     np.testing.assert_allclose(weights.numpy().sum(-1), 1.0, rtol=1e-5)
@@ -124,7 +124,7 @@ def test_every_decoder_has_the_shared_interface_gradients_and_learns(settings):
     keras.utils.set_random_seed(2)
     model = tiny_captioner(**settings)
     images, captions = tiny_batch()
-    logits, weights = model((images, captions[:, :-1]))
+    logits, weights, _ = model((images, captions[:, :-1]))
     # fit builds a model itself (and fails on our two inputs) if any inner layer looks unbuilt
     assert all(layer.built for layer in model._flatten_layers())
     assert logits.shape == (4, 4, 12) and weights.shape == (4, 4, 64)
@@ -230,7 +230,7 @@ def test_teacher_forcing_applies_the_output_layer_once_with_the_same_logits():
     keras.utils.set_random_seed(5)
     model = tiny_captioner()
     images, captions = tiny_batch()
-    logits, _ = model((images, captions[:, :-1]))
+    logits = model((images, captions[:, :-1])).logits
     state = model.decoder.initial_state(model.encoder(images))
     for t in range(captions.shape[1] - 1):
         step_logits, state, _ = model.decoder.step(captions[:, t], state)
@@ -252,7 +252,7 @@ def test_doubly_stochastic_penalty():
         keras.utils.set_random_seed(4)  # the same initial weights for both
         model = tiny_captioner(attention_regularization=weight)
         losses[weight] = float(model.objective(images, captions).loss)
-        _, weights = model((images, captions[:, :-1]))
+        weights = model((images, captions[:, :-1])).weights
     plain = float(masked_cross_entropy(captions[:, 1:], model((images, captions[:, :-1]))[0]))
     assert losses[0.0] == pytest.approx(plain, rel=1e-6)
     penalty = float(doubly_stochastic_penalty(weights, tf.cast(captions[:, 1:] > 0, tf.float32)))
@@ -352,7 +352,7 @@ def test_default_captioner_is_unchanged():
                       jit_decoder=False)
     images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     tokens = np.array([[2, 5, 6, 3], [2, 7, 3, 0]], np.int32)
-    logits, weights = model((images, tokens))
+    logits, weights, _ = model((images, tokens))
     np.testing.assert_allclose(logits.numpy()[1, :, :4], [
         [0.028643686, 0.114204586, -0.10167646, -0.032692358],
         [0.035023373, 0.10564165, -0.09152702, -0.081561744],
@@ -428,7 +428,7 @@ def test_feature_encoder_trains_on_cached_features():
     model = tiny_captioner(encoder="features", region_dim=16)
     _, captions = tiny_batch()
     features = tf.constant(np.random.default_rng(0).normal(size=(4, 49, 40)), tf.float16)
-    logits, weights = model((features, captions[:, :-1]))
+    logits, weights, _ = model((features, captions[:, :-1]))
     assert logits.shape == (4, 4, 12) and weights.shape == (4, 4, 49)
     ids, _ = greedy_decode(model, features, 5)
     assert ids.shape == (4, 5)
@@ -481,7 +481,7 @@ def test_mixed_precision_trains_with_float32_logits_and_loss_scaling(mixed_preci
     keras.utils.set_random_seed(5)
     model = tiny_captioner(**settings)
     images, captions = tiny_batch()
-    logits, weights = model((images, captions[:, :-1]))
+    logits, weights, _ = model((images, captions[:, :-1]))
     assert logits.dtype == tf.float32 and weights.dtype == tf.float32
     assert model.encoder(images).dtype == tf.float16
     model.compile(optimizer=make_optimizer(model, 1e-2))

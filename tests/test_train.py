@@ -296,7 +296,7 @@ def test_caption_score_logs_cider_and_stops_early_across_a_resume(tiny, tmp_path
 def _caption_log_likelihoods(model, pixels, captions) -> np.ndarray:
     """log p(caption | image) from the teacher-forced logits, summed here in NumPy: the words
     and <end>, not the padding."""
-    logits, _ = model((pixels, captions[:, :-1]))
+    logits = model((pixels, captions[:, :-1])).logits
     log_probs = tf.nn.log_softmax(logits).numpy()
     targets = captions[:, 1:]
     return np.array([sum(log_probs[i, t, targets[i, t]] for t in range(targets.shape[1])

@@ -14,14 +14,19 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from .backbones import BackboneEncoder, FeatureEncoder
-from .decoders import AttentionDecoder, HardAttentionDecoder, ShowAndTellDecoder
+from .decoders import AttentionDecoder, DecoderOutput, HardAttentionDecoder, \
+    ShowAndTellDecoder
 from .encoders import RegionEncoder
 from .losses import doubly_stochastic_penalty, masked_cross_entropy, real_token_mask, \
     token_cross_entropy
+
+try:  # only the TensorFlow backend's speed-ups (FastCaptioner) use it
+    import tensorflow as tf
+except ImportError:
+    tf = None
 
 serializable = keras.saving.register_keras_serializable(package="image_understanding")
 
@@ -37,6 +42,13 @@ class Objective(NamedTuple):
     loss: Any
     reinforce: Any = 0.0
     reward: Any = None
+
+
+def teacher_forcing(images, captions):
+    """Split a batch of ``captions int[B, T+1]`` into what the model reads,
+    ``(images, captions[:, :-1])``, and what it is scored on,
+    ``captions[:, 1:]``."""
+    return (images, captions[:, :-1]), captions[:, 1:]
 
 
 @serializable
@@ -68,42 +80,31 @@ class Captioner(keras.Model):
         self.start_id, self.end_id = start_id, end_id
         self.label_smoothing = label_smoothing
         self.attention_regularization = attention_regularization
-        self.loss_tracker = keras.metrics.Mean(name="loss")
 
     def build(self, input_shape):
         # Create every weight now, with a one-image pass; weights created
         # later, inside a compiled training step, would be missed by its
-        # gradient tape.
+        # gradient.
         image_shape, _ = input_shape
         regions = self.encoder(ops.zeros((1, *image_shape[1:])))
         self.decoder(regions, ops.full((1, 1), self.start_id, "int32"))
 
     def call(self, inputs, training=False):
-        """``(images, tokens [B, T])`` -> ``logits [B, T, V]``,
+        """``(images, tokens [B, T])`` -> the decoder's output
+        (:class:`DecoderOutput`): ``logits [B, T, V]``,
         ``weights [B, T, R]``."""
         images, tokens = inputs
-        output = self.decode(
-            self.encoder(images, training=training), tokens, training
-        )
-        return output.logits, output.weights
+        regions = self.encoder(images, training=training)
+        return self.decode(regions, tokens, training)
 
     def decode(self, regions, tokens, training=False):
         """The decoder, teacher-forced on ``tokens``: a
         :class:`DecoderOutput`."""
         return self.decoder.teacher_force(regions, tokens, training=training)
 
-    def objective(self, images, captions, training=False):
-        """The training terms of one batch (:class:`Objective`)."""
-        # called before the model has seen a batch: create its weights
-        if not self.built:
-            self((images[:1], captions[:1, :-1]))
-        return self.caption_objective(
-            self.encoder(images, training=training), captions, training
-        )
-
-    def caption_objective(self, regions, captions, training):
-        targets = captions[:, 1:]
-        output = self.decode(regions, captions[:, :-1], training)
+    def terms(self, targets, output):
+        """The training terms (:class:`Objective`) of a teacher-forced
+        ``output`` scored on ``targets int[B, T]``."""
         loss = masked_cross_entropy(
             targets, output.logits, label_smoothing=self.label_smoothing
         )
@@ -120,31 +121,42 @@ class Captioner(keras.Model):
             loss, *self.decoder.reinforce_terms(targets, output)
         )
 
-    @property
-    def metrics(self):
-        return [self.loss_tracker]
+    def objective(self, images, captions, training=False, **options):
+        """The training terms of one batch (:class:`Objective`)."""
+        inputs, targets = teacher_forcing(images, captions)
+        return self.terms(
+            targets, self(inputs, training=training, **options)
+        )
 
-    def train_step(self, data):
-        images, captions, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            terms = self.objective(images, captions, training=True)
-            total = self.loss_for_gradients(terms.loss + terms.reinforce)
-        gradients = tape.gradient(total, self.trainable_variables)
-        self.optimizer.apply(gradients, self.trainable_variables)
-        if terms.reward is not None:
-            self.decoder.update_baseline(terms.reward)
-        self.loss_tracker.update_state(terms.loss)
-        return {"loss": self.loss_tracker.result()}
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        """What Keras' training step takes the gradient of, and logs: the
+        cross-entropy of ``y_pred``, the model's output, against
+        ``y``."""
+        terms = self.terms(y, y_pred)
+        if not training or terms.reward is None:
+            return terms.loss
+        # Hard attention (section 5.15): the REINFORCE term adds its
+        # gradient but not its value, so the loss logged stays the
+        # cross-entropy.
+        self.decoder.update_baseline(terms.reward)
+        return (
+            terms.loss + terms.reinforce - ops.stop_gradient(terms.reinforce)
+        )
 
-    def loss_for_gradients(self, total):
-        """What the gradient is taken of: here the loss itself (section 5.10
-        scales it)."""
-        return total
+    # Keras' train_step and test_step call the model on x and score it on y
+    # with compute_loss; the batch is (images, captions), so split it first.
+    # (The JAX backend passes its state before the batch.)
+    def train_step(self, *state_and_batch):
+        *state, batch = state_and_batch
+        images, captions, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        return super().train_step(*state, teacher_forcing(images, captions))
 
-    def test_step(self, data):
-        images, captions, _ = keras.utils.unpack_x_y_sample_weight(data)
-        self.loss_tracker.update_state(self.objective(images, captions).loss)
-        return {"loss": self.loss_tracker.result()}
+    def test_step(self, *state_and_batch):
+        *state, batch = state_and_batch
+        images, captions, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        return super().test_step(*state, teacher_forcing(images, captions))
 
     def get_config(self):
         # The parts without their input shapes: build() builds them together,
@@ -234,26 +246,33 @@ def trimmed_steps(captions):
     )
 
 
+def on_tensorflow():
+    """Whether Keras runs on TensorFlow, where the speed-ups below apply."""
+    return keras.backend.backend() == "tensorflow"
+
+
 def replicas_in_sync():
     """How many replicas share each batch under the current distribution
-    strategy (1 without)."""
+    strategy (1 without, and on the JAX and PyTorch backends)."""
+    if not on_tensorflow():
+        return 1
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 @serializable
 class FastCaptioner(Captioner):
     """The :class:`Captioner` with the speed-ups of section 5.10, same
-    results:
+    results. On TensorFlow:
 
     - the teacher-forced decoder is compiled once per caption length, with
       XLA when ``jit_decoder`` (XLA fuses the many small operations of the
       unrolled loop);
     - with ``trim_batches`` a training batch is cut after its longest caption
       (worth it when batches are grouped by length; ``utils.train.fit``
-      decides);
-    - under a distribution strategy each replica's loss counts its share of
-      the batch, and under mixed precision the loss is scaled so that float16
-      gradients do not underflow.
+      decides).
+
+    Under a distribution strategy each replica's loss counts its share of
+    the batch. On JAX and PyTorch this is the plain model.
     """
 
     def __init__(self, encoder, decoder, *, jit_decoder=True, **kwargs):
@@ -264,8 +283,7 @@ class FastCaptioner(Captioner):
         self.compiled_decoders = {}
 
     def decode(self, regions, tokens, training=False):
-        if keras.backend.backend() != "tensorflow":
-            # JAX and PyTorch: Keras compiles the whole step its own way
+        if not on_tensorflow():
             return super().decode(regions, tokens, training)
         length = tokens.shape[1]
         if length not in self.compiled_decoders:
@@ -280,57 +298,55 @@ class FastCaptioner(Captioner):
             regions, tokens, training=training
         )
 
-    def objective(self, images, captions, training=False, trim=None):
+    def call(self, inputs, training=False, trim=None):
         """With ``trim`` (by default: while training, if ``trim_batches``),
         the decoder runs only the steps that the batch's longest caption
-        needs, rounded up to one of :func:`step_buckets`; the terms are those
-        without, since padding is masked out of every one of them. The bucket
-        is picked inside the graph (``tf.switch_case``), so one traced step
-        serves every batch and each bucket's decoder is compiled for its own
-        length."""
+        needs, rounded up to one of :func:`step_buckets`: the output is
+        shorter than ``tokens``, by padding only. The bucket is picked inside
+        the graph (``tf.switch_case``), so one traced step serves every batch
+        and each bucket's decoder is compiled for its own length."""
         trim = training and self.trim_batches if trim is None else trim
-        positions = captions.shape[1]
-        if not trim or positions is None or positions - 1 <= TRIM_MULTIPLE:
-            return super().objective(images, captions, training)
+        images, tokens = inputs
+        positions = tokens.shape[1]
+        if (
+            not (trim and on_tensorflow())
+            or positions is None
+            or positions <= TRIM_MULTIPLE
+        ):
+            return super().call(inputs, training)
         regions = self.encoder(images, training=training)
-        buckets = step_buckets(positions)
-        lengths = ops.sum(ops.cast(captions != 0, "int32"), axis=1)
-        steps = ops.max(lengths) - 1
+        buckets = step_buckets(positions + 1)
+        # the words each caption is scored on: its tokens but <end>
+        words = ops.logical_and(tokens != 0, tokens != self.end_id)
+        steps = ops.max(ops.sum(ops.cast(words, "int32"), axis=1))
         index = ops.sum(
             ops.cast(ops.convert_to_tensor(buckets) < steps, "int32")
         )
-        # hard attention (section 5.15)
-        sampled = hasattr(self.decoder, "reinforce_terms")
 
         def branch(length):
             def run():
-                terms = self.caption_objective(
-                    regions, captions[:, : length + 1], training
-                )
-                # Every branch returns tensors of one structure: no None, no
-                # Python float.
-                reward = terms.reward if sampled else ops.zeros((0,))
-                return (
-                    ops.convert_to_tensor(terms.loss),
-                    ops.convert_to_tensor(terms.reinforce),
-                    reward,
-                )
+                output = self.decode(regions, tokens[:, :length], training)
+                # every branch returns one structure: no None
+                return tuple(part for part in output if part is not None)
 
             return run
 
-        loss, reinforce, reward = tf.switch_case(
-            index, [branch(n) for n in buckets]
-        )
-        return Objective(loss, reinforce, reward if sampled else None)
+        parts = tf.switch_case(index, [branch(n) for n in buckets])
+        return DecoderOutput(*parts)
 
-    def loss_for_gradients(self, total):
+    def terms(self, targets, output):
+        # a trimmed output is shorter than its targets by padding only
+        length = ops.shape(output.logits)[1]
+        return super().terms(targets[:, :length], output)
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
         # The optimizer sums the replicas' gradients, so each brings its
-        # share.
-        total = total / replicas_in_sync()
-        # Under mixed precision Keras wraps the optimizer in a
-        # LossScaleOptimizer: the loss is scaled up so that float16 gradients
-        # do not underflow; apply() scales them back.
-        return self.optimizer.scale_loss(total)
+        # share. (Under mixed precision Keras' step also scales the loss up,
+        # so that float16 gradients do not underflow.)
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
+        return loss / replicas_in_sync()
 
     def get_config(self):
         return {**super().get_config(), "jit_decoder": self.jit_decoder}

@@ -18,12 +18,18 @@ in ``initial_state`` that entry holds zeros of the same shape. Being part of the
 follow their hypothesis when beams are reordered, and the search records them for every word.
 
 **One graph, a while loop.** Each search is a single ``tf.function`` over the whole batch around a
-``tf.while_loop`` that stops as soon as every hypothesis of every image has emitted ``<end>``
-(``max_length`` bounds it). A Python loop unrolled inside ``tf.function`` would always run
-``max_length`` steps and grow the graph with it; captions usually end well before the limit, and
-beam search pays ``K`` decoder rows for every extra step. All loop tensors keep static shapes
-(sequences are written in place with a select, not appended), so the loop also compiles with
-XLA (``jit_compile=True``), which it does not need.
+while loop (``keras.ops.while_loop``) that stops as soon as every hypothesis of every image has
+emitted ``<end>`` (``max_length`` bounds it). A Python loop unrolled inside ``tf.function`` would
+always run ``max_length`` steps and grow the graph with it; captions usually end well before the
+limit, and beam search pays ``K`` decoder rows for every extra step. All loop tensors keep static
+shapes (sequences are written in place with a select, not appended), so the loop also compiles
+with XLA (``jit_compile=True``), which it does not need.
+
+**Every backend.** Greedy and beam search are written with ``keras.ops``, so they run on the
+TensorFlow, JAX and PyTorch backends alike; the ``tf.function`` graph (and XLA) is TensorFlow's
+speed-up. On JAX the while loop is ``jax.lax.while_loop``, compiled by JAX itself; on PyTorch it
+is a Python loop. Sampling (:func:`sample`) uses TensorFlow's stateless random ops and runs on
+TensorFlow only.
 
 Shapes: ``B`` images, ``K`` hypotheses per image (beam size, or number of samples), ``N = B*K``,
 ``V`` vocabulary, ``L`` ``max_length``, ``R`` attention regions.
@@ -33,15 +39,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
+
+try:  # the graphs of TensorFlow's fast path, and sampling
+    import tensorflow as tf
+except ImportError:
+    tf = None
 
 #: The id written after ``<end>``; a finished hypothesis is fed this id and scores nothing for it.
 PAD_ID = 0
 #: The state entry that carries the attention weights of the step (see the module docstring).
 ATTENTION = "attention"
 
-StepFn = Callable[[tf.Tensor, Any], tuple[tf.Tensor, Any]]
+StepFn = Callable[[Any, Any], tuple[Any, Any]]
 
 
 class BeamResult(NamedTuple):
@@ -59,11 +71,11 @@ class BeamResult(NamedTuple):
       ``<end>``; ``None`` when the state carries no attention.
     """
 
-    sequences: tf.Tensor
-    scores: tf.Tensor
-    log_probs: tf.Tensor
-    lengths: tf.Tensor
-    attention: tf.Tensor | None
+    sequences: Any
+    scores: Any
+    log_probs: Any
+    lengths: Any
+    attention: Any
 
 
 class _Plan(NamedTuple):
@@ -82,19 +94,19 @@ class _Plan(NamedTuple):
 class _Hypotheses(NamedTuple):
     """Everything the loop carries per row besides the model state (``N`` rows)."""
 
-    tokens: tf.Tensor  # int32[N], fed at the next step
-    sums: tf.Tensor  # float32[N], summed log-probabilities so far
-    lengths: tf.Tensor  # int32[N], words so far, <end> included
-    finished: tf.Tensor  # bool[N]
-    sequences: tf.Tensor  # int32[N, L]
-    attention: tf.Tensor  # float32[N, L, R...]; float32[N, L, 0] when the state has no attention
+    tokens: Any  # int32[N], fed at the next step
+    sums: Any  # float32[N], summed log-probabilities so far
+    lengths: Any  # int32[N], words so far, <end> included
+    finished: Any  # bool[N]
+    sequences: Any  # int32[N, L]
+    attention: Any  # float32[N, L, R...]; float32[N, L, 0] when the state has no attention
 
 
-def gnmt_length_penalty(lengths: tf.Tensor, alpha: float | tf.Tensor) -> tf.Tensor:
+def gnmt_length_penalty(lengths: Any, alpha: Any) -> Any:
     """GNMT's length penalty ``((5 + length) / 6) ** alpha`` (Wu et al., 2016), which divides a
     caption's summed log-probability; 1 for ``alpha = 0``. Larger ``alpha`` favours longer
     captions."""
-    return tf.pow((5.0 + tf.cast(lengths, tf.float32)) / 6.0, alpha)
+    return ops.power((5.0 + ops.cast(lengths, "float32")) / 6.0, alpha)
 
 
 def beam_search(step_fn: StepFn, initial_state: Any, *, batch_size: int, start_id: int,
@@ -107,7 +119,7 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, batch_size: int, start_i
     ``length_penalty=0`` that is the plain sum. ``initial_state`` leads with ``batch_size``.
     """
     plan, knobs = _beam_plan(batch_size, start_id, end_id, max_length, beam_size, length_penalty)
-    return _SEARCH_GRAPHS[jit_compile](step_fn, initial_state, plan, knobs)
+    return _compiled(_search, jit_compile)(step_fn, initial_state, plan, knobs)
 
 
 def greedy(step_fn: StepFn, initial_state: Any, *, batch_size: int, start_id: int, end_id: int,
@@ -129,20 +141,25 @@ def sample(step_fn: StepFn, initial_state: Any, *, batch_size: int, start_id: in
     """
     plan, knobs = _sample_plan(batch_size, start_id, end_id, max_length, num_samples,
                                temperature, top_k, seed)
-    return _SEARCH_GRAPHS[jit_compile](step_fn, initial_state, plan, knobs)
+    return _compiled(_search, jit_compile)(step_fn, initial_state, plan, knobs)
 
 
 def _beam_plan(batch_size, start_id, end_id, max_length, beam_size, alpha):
     """The static plan and the tensor settings (``knobs``) of a beam search."""
     _check_sizes(batch_size, beam_size, max_length)
     plan = _Plan(int(batch_size), beam_size, start_id, end_id, max_length, "beam")
-    return plan, {"alpha": tf.constant(alpha, tf.float32)}
+    return plan, {"alpha": ops.convert_to_tensor(alpha, "float32")}
 
 
 def _sample_plan(batch_size, start_id, end_id, max_length, num_samples, temperature, top_k, seed):
     """The static plan and the tensor settings of sampling. Temperature and seed are tensors, so
     trying another value does not trace the graph again."""
     _check_sizes(batch_size, num_samples, max_length)
+    if keras.backend.backend() != "tensorflow":
+        raise NotImplementedError(
+            "sampling uses TensorFlow's stateless random ops and runs on the TensorFlow backend "
+            f"only (this is {keras.backend.backend()!r}); greedy and beam search run on every "
+            "backend")
     if temperature < 0 or top_k < 0:
         raise ValueError(f"temperature and top_k must be >= 0, got {temperature} and {top_k}")
     plan = _Plan(int(batch_size), num_samples, start_id, end_id, max_length, "sample", top_k,
@@ -154,7 +171,7 @@ def _sample_plan(batch_size, start_id, end_id, max_length, num_samples, temperat
 
 def _check_sizes(batch_size, width: int, max_length: int) -> None:
     # The batch size shapes the graph: a tensor (or an unknown dimension) cannot do that.
-    if isinstance(batch_size, tf.Tensor) or batch_size is None or batch_size < 1:
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive Python int (static), got {batch_size!r}")
     if width < 1 or max_length < 1:
         raise ValueError(f"beam_size/num_samples and max_length must be >= 1, "
@@ -164,20 +181,20 @@ def _check_sizes(batch_size, width: int, max_length: int) -> None:
 def _search(step_fn: StepFn, initial_state: Any, plan: _Plan, knobs: dict) -> BeamResult:
     """The search loop shared by beam search and sampling; they differ only in how each step
     chooses the rows to continue and their words."""
-    state = tf.nest.map_structure(lambda x: tf.repeat(x, plan.width, axis=0), initial_state)
+    state = keras.tree.map_structure(lambda x: ops.repeat(x, plan.width, axis=0), initial_state)
     choose = _choose_beams if plan.method == "beam" else _choose_samples
 
     def unfinished(step, hypotheses, state):
         # -inf rows are empty beam slots (fewer distinct captions than beams); nothing grows there.
-        done = hypotheses.finished | tf.equal(hypotheses.sums, float("-inf"))
-        return tf.logical_not(tf.reduce_all(done))
+        done = ops.logical_or(hypotheses.finished, ops.equal(hypotheses.sums, float("-inf")))
+        return ops.logical_not(ops.all(done))
 
     def advance(step, hypotheses, state):
         log_probs, new_state = step_fn(hypotheses.tokens, state)
         parents, tokens, token_log_probs = choose(
-            step, tf.cast(log_probs, tf.float32), hypotheses, plan, knobs)
+            step, ops.cast(log_probs, "float32"), hypotheses, plan, knobs)
         if parents is not None:
-            hypotheses = tf.nest.map_structure(lambda x: tf.gather(x, parents), hypotheses)
+            hypotheses = _Hypotheses(*(ops.take(x, parents, axis=0) for x in hypotheses))
             new_state = _reorder_state(new_state, state, parents)
         state = new_state
         step_attention = _step_attention(state, plan.batch_size * plan.width)
@@ -185,24 +202,36 @@ def _search(step_fn: StepFn, initial_state: Any, plan: _Plan, knobs: dict) -> Be
                              plan.end_id)
         return step + 1, hypotheses, state
 
-    _, hypotheses, _ = tf.while_loop(
-        unfinished, advance, (tf.constant(0), _start(plan, state), state),
+    _, hypotheses, _ = ops.while_loop(
+        unfinished, advance, (ops.convert_to_tensor(0, "int32"), _start(plan, state), state),
         maximum_iterations=plan.max_length)
     return _result(hypotheses, plan, knobs["alpha"], has_attention=_has_attention(state))
 
 
-_SEARCH_GRAPHS = {False: tf.function(_search), True: tf.function(_search, jit_compile=True)}
+#: (function, jit_compile) -> the function as one ``tf.function`` graph
+_GRAPHS: dict = {}
+
+
+def _compiled(function, jit_compile: bool):
+    """``function`` as one TensorFlow graph (compiled by XLA with ``jit_compile``), traced once
+    per model and plan. On JAX and PyTorch: ``function`` itself (JAX compiles the while loop)."""
+    if keras.backend.backend() != "tensorflow":
+        return function
+    key = (function, jit_compile)
+    if key not in _GRAPHS:
+        _GRAPHS[key] = tf.function(function, jit_compile=jit_compile)
+    return _GRAPHS[key]
 
 
 def _has_attention(state: Any) -> bool:
     return isinstance(state, Mapping) and ATTENTION in state
 
 
-def _step_attention(state: Any, rows: int) -> tf.Tensor:
+def _step_attention(state: Any, rows: int) -> Any:
     """The attention weights of the step, ``[N, R...]``; ``[N, 0]`` when the state has none."""
     if _has_attention(state):
-        return tf.cast(state[ATTENTION], tf.float32)
-    return tf.zeros([rows, 0])
+        return ops.cast(state[ATTENTION], "float32")
+    return ops.zeros([rows, 0])
 
 
 def _start(plan: _Plan, state: Any) -> _Hypotheses:
@@ -213,12 +242,12 @@ def _start(plan: _Plan, state: Any) -> _Hypotheses:
     first_scores = [0.0] + [0.0 if plan.method == "sample" else float("-inf")] * (plan.width - 1)
     attention_shape = _step_attention(state, rows).shape[1:]
     return _Hypotheses(
-        tokens=tf.fill([rows], plan.start_id),
-        sums=tf.tile(tf.constant(first_scores), [plan.batch_size]),
-        lengths=tf.zeros([rows], tf.int32),
-        finished=tf.zeros([rows], tf.bool),
-        sequences=tf.zeros([rows, plan.max_length], tf.int32),
-        attention=tf.zeros([rows, plan.max_length, *attention_shape]),
+        tokens=ops.full([rows], plan.start_id, "int32"),
+        sums=ops.tile(ops.convert_to_tensor(first_scores, "float32"), [plan.batch_size]),
+        lengths=ops.zeros([rows], "int32"),
+        finished=ops.zeros([rows], "bool"),
+        sequences=ops.zeros([rows, plan.max_length], "int32"),
+        attention=ops.zeros([rows, plan.max_length, *attention_shape]),
     )
 
 
@@ -233,23 +262,29 @@ def _choose_beams(step, log_probs, hypotheses, plan, knobs):
         # Greedy: all continuations of a row share its score and length, so the best of the
         # ranking is the row's most probable word; no [N, V] ranking is built. A finished row's
         # word becomes padding in _extend, and it scores 0, as in the general case.
-        tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
-        chosen = tf.gather(log_probs, tokens, batch_dims=1)
-        return None, tokens, tf.where(hypotheses.finished, 0.0, chosen)
+        tokens = ops.cast(ops.argmax(log_probs, axis=-1), "int32")
+        chosen = _pick(log_probs, tokens)
+        return None, tokens, ops.where(hypotheses.finished, 0.0, chosen)
     vocab = log_probs.shape[-1]
     # A finished caption has a single continuation, padding at no cost: it keeps its score and
     # its beam slot, and cannot be copied into several beams.
-    pad_only = tf.where(tf.equal(tf.range(vocab), PAD_ID), 0.0, float("-inf"))
-    word_log_probs = tf.where(hypotheses.finished[:, None], pad_only, log_probs)  # [N, V]
+    pad_only = ops.where(ops.equal(ops.arange(vocab), PAD_ID), 0.0, float("-inf"))
+    word_log_probs = ops.where(hypotheses.finished[:, None], pad_only, log_probs)  # [N, V]
     totals = hypotheses.sums[:, None] + word_log_probs
-    lengths = tf.where(hypotheses.finished, hypotheses.lengths, step + 1)
+    lengths = ops.where(hypotheses.finished, hypotheses.lengths, step + 1)
     ranking = totals / gnmt_length_penalty(lengths, knobs["alpha"])[:, None]
-    _, best = tf.math.top_k(tf.reshape(ranking, [batch, beams * vocab]), k=beams)  # [B, K]
-    chosen_log_probs = tf.gather(tf.reshape(word_log_probs, [batch, beams * vocab]), best,
-                                 batch_dims=1)
-    tokens = tf.reshape(best % vocab, [-1])
-    parents = best // vocab + beams * tf.range(batch)[:, None]  # rows in [0, N)
-    return tf.reshape(parents, [-1]), tokens, tf.reshape(chosen_log_probs, [-1])
+    _, best = ops.top_k(ops.reshape(ranking, [batch, beams * vocab]), k=beams)  # [B, K]
+    best = ops.cast(best, "int32")
+    chosen_log_probs = ops.take_along_axis(
+        ops.reshape(word_log_probs, [batch, beams * vocab]), best, axis=1)
+    tokens = ops.reshape(best % vocab, [-1])
+    parents = best // vocab + beams * ops.arange(batch, dtype="int32")[:, None]  # rows in [0, N)
+    return ops.reshape(parents, [-1]), tokens, ops.reshape(chosen_log_probs, [-1])
+
+
+def _pick(values, indices):
+    """``values[i, indices[i]]`` for ``values [N, V]`` and ``indices int32[N]``: ``[N]``."""
+    return ops.take_along_axis(values, indices[:, None], axis=1)[:, 0]
 
 
 def _choose_samples(step, log_probs, hypotheses, plan, knobs):
@@ -264,11 +299,11 @@ def _choose_samples(step, log_probs, hypotheses, plan, knobs):
             logits, candidates = tf.math.top_k(logits, k=min(plan.top_k, logits.shape[-1]))
         picks = tf.random.stateless_categorical(logits, 1, step_seed, dtype=tf.int32)[:, 0]
         tokens = tf.gather(candidates, picks, batch_dims=1) if plan.top_k else picks
-    token_log_probs = tf.gather(log_probs, tokens, batch_dims=1)
-    return None, tokens, tf.where(hypotheses.finished, 0.0, token_log_probs)
+    token_log_probs = _pick(log_probs, tokens)
+    return None, tokens, ops.where(hypotheses.finished, 0.0, token_log_probs)
 
 
-def _reorder_state(new_state: Any, old_state: Any, parents: tf.Tensor) -> Any:
+def _reorder_state(new_state: Any, old_state: Any, parents: Any) -> Any:
     """Row ``i`` of every state tensor becomes row ``parents[i]`` (``int32[N]``).
 
     Tensors the step passed through untouched (the Captioner's regions and projected keys) are
@@ -276,9 +311,9 @@ def _reorder_state(new_state: Any, old_state: Any, parents: tf.Tensor) -> Any:
     only move within their image, so the gather would copy them onto themselves. For the
     Captioner at beam 5 that copy took more than half of the search time.
     """
-    return tf.nest.map_structure(
-        lambda new, old: new if new is old else tf.gather(new, parents),
-        new_state, old_state, check_types=False)
+    return keras.tree.map_structure(
+        lambda new, old: new if new is old else ops.take(new, parents, axis=0),
+        new_state, old_state)
 
 
 def _extend(step, hypotheses: _Hypotheses, tokens, token_log_probs, step_attention,
@@ -287,45 +322,45 @@ def _extend(step, hypotheses: _Hypotheses, tokens, token_log_probs, step_attenti
     gets padding and zero attention, and keeps its length; its score is the chooser's business
     (0, or -inf for a beam slot that copied a finished caption for want of candidates)."""
     ended = hypotheses.finished
-    tokens = tf.where(ended, PAD_ID, tokens)
-    step_attention = tf.where(_expand_like(ended, step_attention), 0.0, step_attention)
+    tokens = ops.where(ended, PAD_ID, tokens)
+    step_attention = ops.where(_expand_like(ended, step_attention), 0.0, step_attention)
     return _Hypotheses(
         tokens=tokens,
         sums=hypotheses.sums + token_log_probs,
-        lengths=tf.where(ended, hypotheses.lengths, step + 1),
-        finished=ended | tf.equal(tokens, end_id),
+        lengths=ops.where(ended, hypotheses.lengths, step + 1),
+        finished=ops.logical_or(ended, ops.equal(tokens, end_id)),
         sequences=_write_step(hypotheses.sequences, step, tokens),
         attention=_write_step(hypotheses.attention, step, step_attention),
     )
 
 
-def _expand_like(flags: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+def _expand_like(flags: Any, values: Any) -> Any:
     """``bool[N]`` -> ``bool[N, 1, ...]`` broadcastable against ``values``."""
-    return tf.reshape(flags, [-1] + [1] * (values.shape.rank - 1))
+    return ops.reshape(flags, [-1] + [1] * (len(values.shape) - 1))
 
 
-def _write_step(history: tf.Tensor, step, values: tf.Tensor) -> tf.Tensor:
+def _write_step(history: Any, step, values: Any) -> Any:
     """``history[:, step] = values`` for ``history [N, L, ...]``, as a select: the shape stays
     static, which a while loop (and XLA) needs."""
-    at_step = tf.equal(tf.range(history.shape[1]), step)
-    at_step = tf.reshape(at_step, [1, -1] + [1] * (history.shape.rank - 2))
-    return tf.where(at_step, values[:, None], history)
+    at_step = ops.equal(ops.arange(history.shape[1], dtype="int32"), step)
+    at_step = ops.reshape(at_step, [1, -1] + [1] * (len(history.shape) - 2))
+    return ops.where(at_step, values[:, None], history)
 
 
 def _result(hypotheses: _Hypotheses, plan: _Plan, alpha, has_attention: bool) -> BeamResult:
     """Split the ``N`` rows into ``[B, K]``; beam search's last ``top_k`` left them best first.
     Empty beam slots (score -inf) hold leftovers of pruned candidates: they are cleared to zeros."""
-    empty = tf.equal(hypotheses.sums, float("-inf"))
+    empty = ops.equal(hypotheses.sums, float("-inf"))
 
     def per_image(x):
-        x = tf.where(_expand_like(empty, x), tf.zeros_like(x), x)
-        return tf.reshape(x, [plan.batch_size, plan.width, *x.shape[1:]])
+        x = ops.where(_expand_like(empty, x), ops.zeros_like(x), x)
+        return ops.reshape(x, [plan.batch_size, plan.width, *x.shape[1:]])
 
     scores = hypotheses.sums / gnmt_length_penalty(hypotheses.lengths, alpha)
     return BeamResult(
         sequences=per_image(hypotheses.sequences),
-        scores=tf.reshape(scores, [plan.batch_size, plan.width]),
-        log_probs=tf.reshape(hypotheses.sums, [plan.batch_size, plan.width]),
+        scores=ops.reshape(scores, [plan.batch_size, plan.width]),
+        log_probs=ops.reshape(hypotheses.sums, [plan.batch_size, plan.width]),
         lengths=per_image(hypotheses.lengths),
         attention=per_image(hypotheses.attention) if has_attention else None,
     )
@@ -334,12 +369,12 @@ def _result(hypotheses: _Hypotheses, plan: _Plan, alpha, has_attention: bool) ->
 # --- The book's Captioner (utils.captioner) --------------------------------------------------
 
 
-def captioner_initial_state(model, images: tf.Tensor) -> dict:
+def captioner_initial_state(model, images: Any) -> dict:
     """Encode ``uint8[B, H, W, 3]`` images once and return the decoder's starting state:
     ``{"decoder": (h, c, projected_keys, regions), "attention": zeros [B, R]}``."""
     regions = model.encoder(images, training=False)
     return {"decoder": model.decoder.initial_state(regions),
-            ATTENTION: tf.zeros_like(regions[:, :, 0], "float32")}
+            ATTENTION: ops.zeros_like(regions[:, :, 0], "float32")}
 
 
 def captioner_step_fn(model) -> StepFn:
@@ -347,7 +382,7 @@ def captioner_step_fn(model) -> StepFn:
     into log-probabilities, with the step's attention weights stored in the state."""
     def step(tokens, state):
         logits, decoder_state, weights = model.decoder.step(tokens, state["decoder"])
-        return tf.nn.log_softmax(logits), {"decoder": decoder_state, ATTENTION: weights}
+        return ops.log_softmax(logits), {"decoder": decoder_state, ATTENTION: weights}
 
     return step
 
@@ -367,7 +402,7 @@ def decode_images(model, images, *, max_length: int, method: str = "beam", beam_
     ``utils.captioner.greedy_decode``); ``method="sample"`` draws ``num_samples`` with ``temperature``, ``top_k``
     and ``seed`` as in :func:`sample`. Attention is ``[B, K, max_length, R]``.
     """
-    images = tf.convert_to_tensor(images)
+    images = ops.convert_to_tensor(images)
     batch_size = images.shape[0]
     if method == "beam":
         plan, knobs = _beam_plan(batch_size, model.start_id, model.end_id, max_length, beam_size,
@@ -379,16 +414,13 @@ def decode_images(model, images, *, max_length: int, method: str = "beam", beam_
         raise ValueError(f"method must be 'beam' or 'sample', got {method!r}")
     if not compiled:
         return _decode_images(model, images, plan, knobs)
-    return _IMAGE_GRAPHS[jit_compile](model, images, plan, knobs)
+    return _compiled(_decode_images, jit_compile)(model, images, plan, knobs)
 
 
 def _decode_images(model, images, plan: _Plan, knobs: dict) -> BeamResult:
     # Traced once per model and plan; the step function is built at trace time only.
     return _search(captioner_step_fn(model), captioner_initial_state(model, images), plan, knobs)
 
-
-_IMAGE_GRAPHS = {False: tf.function(_decode_images),
-                 True: tf.function(_decode_images, jit_compile=True)}
 
 
 def caption_images(model, pixels: np.ndarray, vocabulary, max_length: int,
@@ -405,6 +437,7 @@ def caption_images(model, pixels: np.ndarray, vocabulary, max_length: int,
     for start in range(0, stop, batch_size):
         result = decode_images(model, pixels[start : min(start + batch_size, stop)],
                                max_length=max_length, beam_size=beam_size, compiled=compiled)
-        captions += [vocabulary.decode(row) for row in result.sequences[:, 0].numpy()]
-        attention.append(result.attention[:, 0].numpy())
+        sequences = ops.convert_to_numpy(result.sequences[:, 0])
+        captions += [vocabulary.decode(row) for row in sequences]
+        attention.append(ops.convert_to_numpy(result.attention[:, 0]))
     return captions, np.concatenate(attention)

@@ -20,7 +20,11 @@ from typing import BinaryIO
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+try:  # the tf.data pipelines; the JAX and PyTorch backends read rows with NumPy
+    import tensorflow as tf
+except ImportError:
+    tf = None
 
 from . import images
 from .backbones import (  # noqa: F401  (the backbones used to live here)

@@ -19,7 +19,12 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
+
+try:  # tf.data, distribution strategies and TPUs; the JAX and PyTorch backends go without
+    import tensorflow as tf
+except ImportError:
+    tf = None
 
 from . import datasets
 from .datasets import EncodedSplit
@@ -98,6 +103,66 @@ def training_pipeline(split: EncodedSplit, batch_size: int, seed: int = 0, *,
     batches = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_batches)
     return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+class CaptionBatches(keras.utils.PyDataset):
+    """The batches of :func:`training_pipeline` without TensorFlow, for the JAX and PyTorch
+    backends: ``(images, captions)`` NumPy batches, ``steps_per_epoch`` per epoch, starting at
+    ``first_epoch``.
+
+    The same guarantee: epoch ``e``'s order, and the reference picked for each image, depend
+    only on ``(seed, e)`` (NumPy's generator seeded with both), so a resumed run sees the batches
+    the uninterrupted run saw. (The orders are not those of the ``tf.data`` pipeline, whose
+    random ops NumPy does not reproduce.) Keras calls :meth:`on_epoch_end` after each epoch.
+    Rows of features on disk (:class:`utils.features.CachedFeatures`) are read batch by batch.
+    """
+
+    def __init__(self, split: EncodedSplit, batch_size: int, seed: int = 0, *,
+                 steps_per_epoch: int | None = None, first_epoch: int = 0):
+        super().__init__()
+        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.steps = steps_per_epoch or len(split) // batch_size
+        self.epoch = first_epoch
+        self._order = self._epoch_order(first_epoch)
+
+    def _epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Epoch ``epoch``'s ``(rows, picks)``, ``int[steps, batch_size]`` each."""
+        count, references = len(self.split), self.split.captions.shape[1]
+        generator = np.random.default_rng([self.seed, epoch])
+        order = generator.permutation(count)
+        picks = generator.integers(references, size=count)
+        examples = self.steps * self.batch_size
+        repeats = -(-examples // count)  # more steps than one pass: the same order again
+        shape = (self.steps, self.batch_size)
+        return (np.tile(order, repeats)[:examples].reshape(shape),
+                np.tile(picks, repeats)[:examples].reshape(shape))
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rows, picks = self._order[0][index], self._order[1][index]
+        return np.asarray(self.split.pixels[rows]), self.split.captions[rows, picks]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._order = self._epoch_order(self.epoch)
+
+
+class ValidationBatches(keras.utils.PyDataset):
+    """:func:`validation_pipeline` without TensorFlow: every image once, in order, with its
+    first reference."""
+
+    def __init__(self, split: EncodedSplit, batch_size: int):
+        super().__init__()
+        self.split, self.batch_size = split, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return np.asarray(self.split.pixels[rows]), self.split.captions[rows, 0]
 
 
 def groups_by_length(model, profile) -> bool:
@@ -197,8 +262,9 @@ def relation_preference(model, split: EncodedSplit, vocabulary, batch_size: int 
     for start in range(0, len(pairs), batch_size):
         chunk = slice(start, start + batch_size)
         images = split.pixels[rows[chunk]]
-        true, swapped = (caption_log_likelihood(model, images, encoded[side][chunk]).numpy()
-                         for side in (1, 2))
+        true, swapped = (
+            ops.convert_to_numpy(caption_log_likelihood(model, images, encoded[side][chunk]))
+            for side in (1, 2))
         differences.append(true - swapped)
     differences = np.concatenate(differences)
     return {"pairs": len(pairs), "preference": float(np.mean(differences > 0)),
@@ -361,7 +427,10 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
     if not model.built:  # BackupAndRestore needs the weights to exist before fit
         model((train.pixels[:1], train.captions[:1, 0, :-1]))
     steps = profile.steps_per_epoch or len(train) // profile.batch_size
-    grouped = groups_by_length(model, profile)
+    # tf.data pipelines on TensorFlow; NumPy batches on JAX and PyTorch, where FastCaptioner does
+    # not trim batches, the reason to group them.
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    grouped = groups_by_length(model, profile) and on_tensorflow
     model.trim_batches = grouped  # see FastCaptioner.trim_batches
     compile_for_training(model, profile, steps)
     best_path = run_dir / "best.weights.h5"
@@ -383,13 +452,18 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, vocabulary, profile,
         keras.callbacks.CSVLogger(str(run_dir / HISTORY), append=True),
         *callbacks,
     ]
+    if on_tensorflow:
+        batches = training_pipeline(train, profile.batch_size, seed, steps_per_epoch=steps,
+                                    first_epoch=first_epoch, group_by_length=grouped)
+        validation = validation_pipeline(val, profile.batch_size)
+    else:
+        batches = CaptionBatches(train, profile.batch_size, seed, steps_per_epoch=steps,
+                                 first_epoch=first_epoch)
+        validation = ValidationBatches(val, profile.batch_size)
     history = model.fit(
-        training_pipeline(train, profile.batch_size, seed, steps_per_epoch=steps,
-                          first_epoch=first_epoch,
-                          group_by_length=grouped),
-        steps_per_epoch=steps, epochs=profile.epochs, shuffle=False,  # the pipeline shuffles
-        validation_data=validation_pipeline(val, profile.batch_size),
-        callbacks=callbacks, verbose=verbose)
+        batches, steps_per_epoch=steps, epochs=profile.epochs,
+        shuffle=False,  # the batches are shuffled already
+        validation_data=validation, callbacks=callbacks, verbose=verbose)
     history.history = read_history(run_dir)
     model.load_weights(best_path)
     # Written last: its presence says the run finished and which settings and words it used.
