@@ -67,6 +67,10 @@ def tiny_run(weights: str, mode: str) -> dict:
     model.compile(optimizer=keras.optimizers.SGD(0.5))
     model.train_on_batch(features, captions)
     run["loss_after_step"] = float(numbers(model.objective(features, captions).loss))
+    # compiled searches must read the weights as they are now, not as when first compiled
+    for compiled in (True, False):
+        run[f"beam_after_step_{compiled}"] = numbers(decode_images(
+            model, features, max_length=MAX_LENGTH, beam_size=3, compiled=compiled).sequences)
     return run
 
 
@@ -84,8 +88,9 @@ def run_on(backend: str, weights) -> dict:
 def assert_same_model(other: dict, tensorflow: dict, backend: str) -> None:
     assert (tensorflow["backend"], other["backend"]) == ("tensorflow", backend)
     np.testing.assert_allclose(other["loss"], tensorflow["loss"], rtol=1e-5)
-    for search in ("greedy", "greedy_loop", "beam"):
+    for search in ("greedy", "greedy_loop", "beam", "beam_after_step_True"):
         assert other[search] == tensorflow[search], search
+    assert other["beam_after_step_True"] == other["beam_after_step_False"]
     np.testing.assert_allclose(other["loss_after_step"], tensorflow["loss_after_step"],
                                rtol=1e-4)
 
@@ -97,6 +102,7 @@ def on_tensorflow(tmp_path_factory) -> tuple[dict, pathlib.Path]:
     # the captions are a test only if the model writes some
     assert any(3 in row[0] for row in run["greedy"]), run["greedy"]
     assert run["loss_after_step"] < run["loss"]
+    assert run["beam_after_step_True"] == run["beam_after_step_False"] != run["beam"]
     return run, weights
 
 

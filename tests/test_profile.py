@@ -19,9 +19,9 @@ def test_environment_chooses(monkeypatch):
 
 
 def test_auto_is_cpu_without_gpu(monkeypatch):
-    monkeypatch.setattr("utils.profile._gpu_visible", lambda: False)
+    monkeypatch.setattr("utils.profile.gpu_visible", lambda: False)
     assert get_profile("auto").name == "cpu"
-    monkeypatch.setattr("utils.profile._gpu_visible", lambda: True)
+    monkeypatch.setattr("utils.profile.gpu_visible", lambda: True)
     assert get_profile("auto").name == "gpu"
 
 

@@ -65,16 +65,21 @@ def version_warnings(installed: dict[str, str]) -> list[str]:
     return lines
 
 
-def set_precision(mixed: bool) -> str:
-    """Set Keras' global dtype policy: ``"mixed_float16"`` when ``mixed`` and a GPU is visible,
-    else ``"float32"`` (a CPU computes float16 slower than float32). Returns the policy's name.
+def set_precision(mixed: bool | str) -> str:
+    """Set Keras' global dtype policy where a GPU is visible: ``"mixed_float16"`` for
+    ``mixed=True``, the policy named by a string (``"mixed_bfloat16"``), ``"float32"`` for
+    ``False``. Without a GPU it is always ``"float32"`` (a CPU computes float16 slower than
+    float32). Returns the policy's name.
 
     Call it before building a model: layers take the policy that is active when they are made.
     """
     import keras
-    import tensorflow as tf
 
-    policy = "mixed_float16" if mixed and tf.config.list_physical_devices("GPU") else "float32"
+    from .profile import gpu_visible
+
+    policy = "float32"
+    if mixed and gpu_visible():
+        policy = mixed if isinstance(mixed, str) else "mixed_float16"
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
@@ -175,7 +180,8 @@ def setup(profile: str | None = None, seed: int = 42, deterministic: bool = True
     print(f"profile: {active.name} | dataset: {active.dataset} | seed: {seed}")
     precision = set_precision(active.mixed_precision)
     if precision != "float32":
-        print(f"precision: {precision} (float16 arithmetic, float32 weights and losses)")
+        arithmetic = precision.removeprefix("mixed_")
+        print(f"precision: {precision} ({arithmetic} arithmetic, float32 weights and losses)")
     for line in version_warnings({"tensorflow": tf.__version__, "keras": keras.__version__}):
         print("warning:", line)
     if on_colab():

@@ -214,13 +214,33 @@ _GRAPHS: dict = {}
 
 def _compiled(function, jit_compile: bool):
     """``function`` as one TensorFlow graph (compiled by XLA with ``jit_compile``), traced once
-    per model and plan. On JAX and PyTorch: ``function`` itself (JAX compiles the while loop)."""
+    per model and plan. On PyTorch, and on JAX for a search over any step function:
+    ``function`` itself (JAX compiles the while loop, but traces it again at every call)."""
     if keras.backend.backend() != "tensorflow":
         return function
     key = (function, jit_compile)
     if key not in _GRAPHS:
         _GRAPHS[key] = tf.function(function, jit_compile=jit_compile)
     return _GRAPHS[key]
+
+
+def _jax_decode_images(model, images, plan: _Plan, knobs: dict) -> BeamResult:
+    """:func:`_decode_images` compiled by ``jax.jit`` once per model and plan. A compiled JAX
+    function may not read the model's variables (it would keep the values they had when it was
+    traced), so their current values are passed in and bound with ``keras.StatelessScope``."""
+    import jax
+
+    if _JAX_DECODE not in _GRAPHS:
+        def decode(model, plan, values, images, knobs):
+            with keras.StatelessScope(state_mapping=list(zip(model.variables, values))):
+                return _decode_images(model, images, plan, knobs)
+
+        _GRAPHS[_JAX_DECODE] = jax.jit(decode, static_argnums=(0, 1))
+    values = [variable.value for variable in model.variables]
+    return _GRAPHS[_JAX_DECODE](model, plan, values, images, knobs)
+
+
+_JAX_DECODE = "jax decode_images"
 
 
 def _has_attention(state: Any) -> bool:
@@ -414,6 +434,8 @@ def decode_images(model, images, *, max_length: int, method: str = "beam", beam_
         raise ValueError(f"method must be 'beam' or 'sample', got {method!r}")
     if not compiled:
         return _decode_images(model, images, plan, knobs)
+    if keras.backend.backend() == "jax":
+        return _jax_decode_images(model, images, plan, knobs)
     return _compiled(_decode_images, jit_compile)(model, images, plan, knobs)
 
 
