@@ -92,9 +92,16 @@ def latency_block() -> str:
     return render(report)
 
 
+def gpu_block() -> str:
+    from benchmarks.gpu_check import render, stored
+
+    return render(stored())
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "decoders results": decoders_block, "grouping results": grouping_block,
-    "streaming results": streaming_block, "latency results": latency_block}
+    "streaming results": streaming_block, "latency results": latency_block,
+    "gpu results": gpu_block}
 
 
 def markers(name: str) -> tuple[str, str]:

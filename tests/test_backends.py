@@ -137,6 +137,8 @@ from utils import evaluation, train
 from utils.captioner import captioner_from_profile
 from utils.profile import get_profile
 
+import utils
+utils.setup("smoke")  # prints the backend's versions line
 profile = get_profile("smoke")
 vocabulary, splits = train.prepare_shapes(profile)
 keras.utils.set_random_seed(0)
@@ -145,13 +147,19 @@ history = train.fit(model, splits["train"], splits["val"], vocabulary, profile, 
                     verbose=0)
 scored = evaluation.score_split(model, splits["test"], vocabulary,
                                 profile.max_caption_tokens + 1, count=8, metrics=["Bleu_4"])
+# and the GPU check's timings, at tiny sizes (benchmarks/gpu_check.py runs on bare GPU images)
+from benchmarks import gpu_check
+plan = gpu_check.QUICK
+training = [gpu_check.training_speed(plan.sizes, "mixed_bfloat16", 8, 1, 1)]  # float32: above
+decoding = gpu_check.decoding_speed(plan.sizes, 1)
 print(json.dumps({"backend": keras.backend.backend(), "loss": history.history["loss"],
                   "log_v": float(np.log(len(vocabulary))), "captions": scored.captions,
+                  "training": training, "decoding": decoding,
                   "modules": sorted(m for m in sys.modules if m.startswith("tensorflow"))}))
 """
 
 
-def test_the_smoke_profile_trains_and_captions_on_jax_without_tensorflow(tmp_path):
+def test_the_smoke_profile_and_the_gpu_check_run_on_jax_without_tensorflow(tmp_path):
     pytest.importorskip("jax", reason="JAX is a pinned test dependency (requirements-dev.txt)")
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", SMOKE_ON_JAX, str(tmp_path / "run")], env=env,
@@ -159,7 +167,13 @@ def test_the_smoke_profile_trains_and_captions_on_jax_without_tensorflow(tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads(done.stdout.strip().splitlines()[-1])
     assert run["backend"] == "jax"
+    assert "| Keras backend jax " in done.stdout and "| devices: CPU" in done.stdout, done.stdout
     assert run["modules"] == []
     assert len(run["loss"]) == 2 and run["loss"][-1] < run["log_v"] - 0.5, run["loss"]
     assert len(run["captions"]) == 8 and all(isinstance(c, str) for c in run["captions"])
     assert (tmp_path / "run" / "best.weights.h5").exists()
+    assert [(run["policy"], run["batch"]) for run in run["training"]] == [("mixed_bfloat16", 8)]
+    assert all(run["ms_per_step"] > 0 and run["real_tokens_per_second"] > 0
+               for run in run["training"]), run["training"]
+    assert [run["search"] for run in run["decoding"]] == ["greedy", "beam 3"]
+    assert all(run["captions_per_second"] > 0 for run in run["decoding"]), run["decoding"]

@@ -301,3 +301,58 @@ def test_every_stored_figure_in_the_readmes_is_generated_from_the_results():
     assert main_readme == expected, "run `python -m benchmarks.streaming --update-readme`"
     assert stored["results"]["goals"]["memory_goal_met"]
     assert stored["results"]["goals"]["throughput_goal_met"]
+
+
+def gpu_report(tokens_per_second: int, reached: float | None) -> dict:
+    """A GPU check's results file, as ``gpu_check.run_check`` writes one, with made-up times."""
+    from benchmarks import gpu_check
+
+    training = [{"policy": "float32", "batch": 64, "ms_per_step": 20.0,
+                 "real_tokens_per_second": tokens_per_second // 2},
+                {"policy": "float32", "batch": 256, "ms_per_step": 48.0,
+                 "real_tokens_per_second": tokens_per_second},
+                {"policy": "mixed_float16", "batch": 256, "error": "TypeError: not here"},
+                {"policy": "mixed_bfloat16", "batch": 256, "ms_per_step": 60.25,
+                 "real_tokens_per_second": tokens_per_second * 4 // 5}]
+    shapes = {"goal_reached_seconds": reached, "test": {"exact": 0.9612}}
+    return {"run": {"device": "NVIDIA H200", "backend": "jax", "jax": "0.10.2",
+                    "date": "2026-12-07T10:00:00+00:00"},
+            "shapes": shapes, "training": training,
+            "decoding": [{"search": "greedy", "captions_per_second": 12000},
+                         {"search": "beam 3", "captions_per_second": 3500}],
+            "goals": gpu_check.goals(shapes, training)}
+
+
+def test_the_gpu_check_judges_its_goals_and_renders_one_row_per_results_file(tmp_path):
+    from benchmarks import gpu_check
+
+    assert gpu_check.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    fast, slow = gpu_report(110_000, 95.0), gpu_report(90_000, None)
+    assert fast["goals"]["tokens_per_second"]["met"]
+    assert fast["goals"]["tokens_per_second"]["best"]["policy"] == "float32"
+    assert fast["goals"]["exact_within_3_minutes"]["met"]
+    assert not slow["goals"]["tokens_per_second"]["met"]
+    assert not slow["goals"]["exact_within_3_minutes"]["met"]
+    assert not gpu_check.goals({"goal_reached_seconds": 200.0}, [])["exact_within_3_minutes"][
+        "met"]
+    assert "No GPU result is stored yet" in gpu_check.render([])
+    paths = []
+    for name, report in (("a", fast), ("b", slow)):
+        paths.append(tmp_path / f"gpu-{name}.json")
+        paths[-1].write_text(json.dumps(report))
+    table = gpu_check.render(paths).splitlines()
+    assert len(table) == 4
+    assert table[2] == ("| NVIDIA H200 | jax 0.10.2 | 48.0 / — / 60.2 | 110,000 (float32, batch "
+                        "256) | 12,000 / 3,500 | 95 s | 0.961 | 2026-12-07 |")
+    assert "| not within the run |" in table[3]
+
+
+def test_the_gpu_check_refuses_a_machine_without_a_gpu_and_quick_figures_in_results(capsys):
+    from benchmarks import gpu_check
+
+    if gpu_check.backend_and_device()[1] != "cpu":
+        pytest.skip("this machine has a GPU")
+    assert gpu_check.main([]) == 2
+    assert "sees no GPU" in capsys.readouterr().err
+    assert gpu_check.main(["--quick"]) == 2
+    assert "--quick needs --out" in capsys.readouterr().err

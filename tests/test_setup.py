@@ -38,6 +38,7 @@ def test_version_warnings():
     assert utils.version_warnings({"tensorflow": "2.21.0", "keras": "3.15.1"}) == []
     lines = utils.version_warnings({"tensorflow": "2.19.0", "keras": "3.15.1"})
     assert len(lines) == 1 and "2.19.0" in lines[0] and "2.21" in lines[0]
+    assert utils.version_warnings({"keras": "3.15.1"}) == []  # JAX or PyTorch: no TensorFlow
 
 
 def test_colab_data_goes_to_drive_when_mounted(monkeypatch):

@@ -53,13 +53,16 @@ def _colab_data_folder() -> str:
 
 
 def version_warnings(installed: dict[str, str]) -> list[str]:
-    """One line per package whose major.minor version differs from the tested one."""
+    """One line per package of ``installed`` whose major.minor version differs from the tested
+    one (TensorFlow is left out where Keras runs on JAX or PyTorch)."""
     lines = []
     for package, tested in TESTED_VERSIONS.items():
-        have = ".".join(installed.get(package, "?").split(".")[:2])
+        if package not in installed:
+            continue
+        have = ".".join(installed[package].split(".")[:2])
         if have != tested:
             lines.append(
-                f"{package} {installed.get(package, 'missing')} is installed; the book is tested with "
+                f"{package} {installed[package]} is installed; the book is tested with "
                 f"{tested}.x. Most chapters still run; if one fails, install the tested version "
                 f"(pip install -r requirements.txt, or on Colab keep Colab's build and report the error).")
     return lines
@@ -146,6 +149,9 @@ def import_tensorflow():
 def setup(profile: str | None = None, seed: int = 42, deterministic: bool = True):
     """Prepare a chapter: seed everything, make TensorFlow deterministic, print versions.
 
+    On Keras' JAX or PyTorch backend (``KERAS_BACKEND``) TensorFlow is not needed: the versions
+    line names that backend and its devices, and only the seeds are set.
+
     Returns the active :class:`utils.profile.Profile` (from ``profile`` or ``BOOK_PROFILE``).
     On Colab, datasets go to Google Drive when it is mounted, else under ``/content``; a missing
     GPU and versions other than the tested ones are reported, with what to do.
@@ -156,25 +162,43 @@ def setup(profile: str | None = None, seed: int = 42, deterministic: bool = True
         os.environ.setdefault("BOOK_DATA", _colab_data_folder())
     try:
         import numpy as np  # noqa: F401
-        tf = import_tensorflow()
-        import keras
+        try:
+            import_tensorflow()  # quietly, before Keras imports it
+        except ModuleNotFoundError as error:  # fine on KERAS_BACKEND=jax or torch
+            if error.name != "tensorflow":
+                raise
+        import keras  # on the default backend, fails here without TensorFlow
     except ImportError as error:  # pragma: no cover - depends on the reader's machine
+        other_backends = (" Without TensorFlow, KERAS_BACKEND=jax or torch runs the model, "
+                          "its training and the command line; the chapters are run on TensorFlow."
+                          if error.name == "tensorflow" else "")
         raise RuntimeError(
             f"{error.name} is not installed. Locally run `make book` (it builds .venv/), "
             "or `pip install -r requirements.txt -e .`; on Colab re-run the Setup cell."
+            + other_backends
         ) from error
-    from .profile import get_profile
+    from .profile import get_profile, gpu_visible
 
     active = get_profile(profile)
-    # Chapters deliberately compile a few graph variants (batch sizes, beam widths); TensorFlow's
-    # "retracing" advice about that would only distract. Errors are still shown.
-    tf.get_logger().setLevel("ERROR")
+    backend = keras.backend.backend()
     keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-    devices = ", ".join(d.device_type for d in tf.config.list_physical_devices()) or "none"
+    if backend == "tensorflow":
+        tf = sys.modules["tensorflow"]
+        # Chapters deliberately compile a few graph variants (batch sizes, beam widths);
+        # TensorFlow's "retracing" advice about that would only distract. Errors are shown.
+        tf.get_logger().setLevel("ERROR")
+        if deterministic:
+            tf.config.experimental.enable_op_determinism()
+        devices = ", ".join(d.device_type for d in tf.config.list_physical_devices()) or "none"
+        versions = {"tensorflow": tf.__version__, "keras": keras.__version__}
+        name = f"TensorFlow {tf.__version__}"
+    else:
+        package = importlib.import_module(backend)  # jax or torch
+        devices = "CPU, GPU" if gpu_visible() else "CPU"
+        versions = {"keras": keras.__version__}
+        name = f"Keras backend {backend} {package.__version__}"
     print(
-        f"Python {sys.version.split()[0]} | TensorFlow {tf.__version__} | Keras {keras.__version__}"
+        f"Python {sys.version.split()[0]} | {name} | Keras {keras.__version__}"
         f" | devices: {devices}"
     )
     print(f"profile: {active.name} | dataset: {active.dataset} | seed: {seed}")
@@ -182,11 +206,11 @@ def setup(profile: str | None = None, seed: int = 42, deterministic: bool = True
     if precision != "float32":
         arithmetic = precision.removeprefix("mixed_")
         print(f"precision: {precision} ({arithmetic} arithmetic, float32 weights and losses)")
-    for line in version_warnings({"tensorflow": tf.__version__, "keras": keras.__version__}):
+    for line in version_warnings(versions):
         print("warning:", line)
     if on_colab():
         print(f"data folder: {os.environ['BOOK_DATA']}")
-        if not tf.config.list_physical_devices("GPU"):
+        if not gpu_visible():
             print("warning: no GPU in this Colab runtime, so training uses the slower cpu profile. "
                   "For a GPU: Runtime > Change runtime type > GPU, then run the notebook again.")
     return active

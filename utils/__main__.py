@@ -158,10 +158,15 @@ TRAINING_NAME = "training"  # best weights, backup and run.json of utils.train.f
 
 
 def _quiet_tensorflow() -> None:
-    # TensorFlow's C++ start-up lines would bury the one-line output of these commands.
+    # TensorFlow's C++ start-up lines would bury the one-line output of these commands. Without
+    # TensorFlow (KERAS_BACKEND=jax or torch) there is nothing to quieten.
     from . import import_tensorflow
 
-    import_tensorflow()
+    try:
+        import_tensorflow()
+    except ModuleNotFoundError as error:
+        if error.name != "tensorflow":
+            raise
 
 
 def _add_train_command(commands: argparse._SubParsersAction) -> None:

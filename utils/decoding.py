@@ -419,8 +419,8 @@ def decode_images(model, images, *, max_length: int, method: str = "beam", beam_
     a fifth of that eagerly; ``benchmarks/latency.py``) and slower every time after.
 
     ``method="beam"`` keeps ``beam_size`` captions per image (1: greedy, the same words as
-    ``utils.captioner.greedy_decode``); ``method="sample"`` draws ``num_samples`` with ``temperature``, ``top_k``
-    and ``seed`` as in :func:`sample`. Attention is ``[B, K, max_length, R]``.
+    ``utils.captioner.greedy_decode``); ``method="sample"`` draws ``num_samples`` with
+    ``temperature``, ``top_k`` and ``seed`` as in :func:`sample`. Attention is ``[B, K, max_length, R]``.
     """
     images = ops.convert_to_tensor(images)
     batch_size = images.shape[0]
