@@ -62,6 +62,56 @@ def test_pipeline_draws_one_reference_per_image_deterministically(tiny):
         assert any((caption == ref).all() for ref in encoded["train"].captions[row])
 
 
+def _rows(split, images) -> list[int]:
+    pixels = split.pixels.reshape(len(split), -1)
+    return [int(np.flatnonzero((pixels == image.reshape(-1)).all(axis=1))[0]) for image in images]
+
+
+def test_numpy_batches_give_each_epoch_an_order_of_its_own_that_a_resume_repeats(tiny):
+    """CaptionBatches (JAX, PyTorch) keeps the guarantee of the tf.data pipeline: an epoch's
+    batches depend only on the seed and the epoch, so a run resumed at epoch 2 sees what the
+    uninterrupted run saw there; each epoch takes every image once, with one of its references;
+    ValidationBatches gives every image once, in order, with its first reference."""
+    split = tiny.encoded["train"]
+    count = len(split)
+
+    def epoch(batches):
+        return [batches[i] for i in range(len(batches))]
+
+    running = train.CaptionBatches(split, 4, seed=5, steps_per_epoch=count // 4)
+    epochs = []
+    for _ in range(3):
+        epochs.append(epoch(running))
+        running.on_epoch_end()  # as Keras calls it after each epoch
+    resumed = epoch(train.CaptionBatches(split, 4, seed=5, steps_per_epoch=count // 4,
+                                         first_epoch=2))
+    for (x_run, y_run), (x_resumed, y_resumed) in zip(epochs[2], resumed, strict=True):
+        np.testing.assert_array_equal(x_run, x_resumed)
+        np.testing.assert_array_equal(y_run, y_resumed)
+    orders = []
+    for batches in epochs:
+        rows = [row for images, _ in batches for row in _rows(split, images)]
+        assert len(set(rows)) == len(rows) == count // 4 * 4  # no image twice
+        for (images, captions), start in zip(batches, range(0, count, 4)):
+            assert images.shape == (4, 64, 64, 3) and captions.shape == (4, LENGTH)
+            for row, caption in zip(rows[start:start + 4], captions):
+                assert any((caption == ref).all() for ref in split.captions[row])
+        orders.append(rows)
+    assert orders[0] != orders[1] != orders[2]
+    other_seed = train.CaptionBatches(split, 4, seed=6, steps_per_epoch=count // 4)
+    assert _rows(split, other_seed[0][0]) != orders[0][:4]
+    # more steps than one pass over the images: the epoch's order again
+    long = train.CaptionBatches(split, 4, seed=5, steps_per_epoch=count // 2)
+    rows = [row for images, _ in epoch(long) for row in _rows(split, images)]
+    assert sorted(rows[:count]) == list(range(count)) and rows[count:] == rows[:len(rows) - count]
+    validation = train.ValidationBatches(split, 16)
+    assert len(validation) == -(-count // 16)
+    images = np.concatenate([validation[i][0] for i in range(len(validation))])
+    captions = np.concatenate([validation[i][1] for i in range(len(validation))])
+    np.testing.assert_array_equal(images, split.pixels)
+    np.testing.assert_array_equal(captions, split.captions[:, 0])
+
+
 def test_grouping_by_length_reorders_an_epoch_without_changing_it(tiny):
     encoded = tiny.encoded
     split = encoded["train"]
