@@ -1,6 +1,8 @@
 """The captioner on Keras 3's three backends (issue 21): given the same weights, TensorFlow, JAX
 and (where installed) PyTorch compute the same loss, the same greedy and beam captions, and the
-same training step; the smoke profile trains and captions on JAX with TensorFlow out of reach.
+same training step; in a process where TensorFlow cannot be imported, the smoke profile trains,
+resumes a killed run to the same weights and captions on JAX (and PyTorch, where installed), and
+the GPU check's timings run.
 
 Keras fixes its backend when it is first imported, so each other backend runs in a new process
 with ``KERAS_BACKEND`` set; the weights travel as a ``.weights.h5`` file, which every backend
@@ -120,18 +122,22 @@ def test_pytorch_computes_what_tensorflow_computes(on_tensorflow):
     assert_same_model(run_on("torch", weights), tensorflow, "torch")
 
 
-SMOKE_ON_JAX = """
-import importlib.abc, json, sys
+WITHOUT_TENSORFLOW = """
+import importlib.machinery, json, pathlib, sys
 
 
-class NoTensorFlow(importlib.abc.MetaPathFinder):
-    # as on a GPU machine without TensorFlow: importing it fails
-    def find_spec(self, name, path=None, target=None):
+class PathFinderWithoutTensorFlow(importlib.machinery.PathFinder):
+    # as on a GPU machine without TensorFlow: `import tensorflow` raises ModuleNotFoundError and
+    # importlib.util.find_spec("tensorflow") is None
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
         if name.split(".")[0] == "tensorflow":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+        return super().find_spec(name, path, target)
 
 
-sys.meta_path.insert(0, NoTensorFlow())
+sys.meta_path[:] = [PathFinderWithoutTensorFlow if finder is importlib.machinery.PathFinder
+                    else finder for finder in sys.meta_path]
 import keras, numpy as np
 from utils import evaluation, train
 from utils.captioner import captioner_from_profile
@@ -139,14 +145,46 @@ from utils.profile import get_profile
 
 import utils
 utils.setup("smoke")  # prints the backend's versions line
-profile = get_profile("smoke")
+profile = get_profile("smoke").replace(dropout=0.3)  # a resumed run must repeat dropout's masks
 vocabulary, splits = train.prepare_shapes(profile)
-keras.utils.set_random_seed(0)
-model = captioner_from_profile(profile, len(vocabulary))
-history = train.fit(model, splits["train"], splits["val"], vocabulary, profile, sys.argv[1],
-                    verbose=0)
+folder = pathlib.Path(sys.argv[1])
+
+
+class Final(keras.callbacks.Callback):
+    # the weights at the end of the last epoch (fit then loads the best epoch's)
+    epochs = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs += 1
+
+    def on_train_end(self, logs=None):
+        self.weights = self.model.get_weights()
+
+
+class Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt  # as ^C would
+
+
+def fit(run, callback):
+    keras.utils.set_random_seed(0)
+    model = captioner_from_profile(profile, len(vocabulary))
+    history = train.fit(model, splits["train"], splits["val"], vocabulary, profile,
+                        folder / run, verbose=0, callbacks=[callback])
+    return model, history
+
+
+whole = Final()
+model, history = fit("whole", whole)
 scored = evaluation.score_split(model, splits["test"], vocabulary,
                                 profile.max_caption_tokens + 1, count=8, metrics=["Bleu_4"])
+try:  # the same run killed after its first epoch, then started again
+    fit("killed", Interrupt())
+except KeyboardInterrupt:
+    pass
+resumed = Final()
+fit("killed", resumed)
+identical = all(np.array_equal(a, b) for a, b in zip(resumed.weights, whole.weights, strict=True))
 # and the GPU check's timings, at tiny sizes (benchmarks/gpu_check.py runs on bare GPU images)
 from benchmarks import gpu_check
 plan = gpu_check.QUICK
@@ -154,26 +192,42 @@ training = [gpu_check.training_speed(plan.sizes, "mixed_bfloat16", 8, 1, 1)]  # 
 decoding = gpu_check.decoding_speed(plan.sizes, 1)
 print(json.dumps({"backend": keras.backend.backend(), "loss": history.history["loss"],
                   "log_v": float(np.log(len(vocabulary))), "captions": scored.captions,
+                  "resumed_epochs": resumed.epochs, "resumed_identical": identical,
                   "training": training, "decoding": decoding,
                   "modules": sorted(m for m in sys.modules if m.startswith("tensorflow"))}))
 """
 
 
-def test_the_smoke_profile_and_the_gpu_check_run_on_jax_without_tensorflow(tmp_path):
-    pytest.importorskip("jax", reason="JAX is a pinned test dependency (requirements-dev.txt)")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", SMOKE_ON_JAX, str(tmp_path / "run")], env=env,
+def without_tensorflow(backend: str, folder: pathlib.Path):
+    """The smoke profile trained (and a run of it killed and resumed), scored, and the GPU check
+    timed, on ``backend`` in a process where TensorFlow cannot be imported."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, str(folder)], env=env,
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads(done.stdout.strip().splitlines()[-1])
-    assert run["backend"] == "jax"
-    assert "| Keras backend jax " in done.stdout and "| devices: CPU" in done.stdout, done.stdout
+    assert run["backend"] == backend
+    assert f"| Keras backend {backend} " in done.stdout and "| devices: CPU" in done.stdout
     assert run["modules"] == []
     assert len(run["loss"]) == 2 and run["loss"][-1] < run["log_v"] - 0.5, run["loss"]
     assert len(run["captions"]) == 8 and all(isinstance(c, str) for c in run["captions"])
-    assert (tmp_path / "run" / "best.weights.h5").exists()
+    assert (folder / "whole" / "best.weights.h5").exists()
+    # only the second epoch was left, and it ended with the uninterrupted run's weights
+    assert run["resumed_epochs"] == 1 and run["resumed_identical"]
     assert [(run["policy"], run["batch"]) for run in run["training"]] == [("mixed_bfloat16", 8)]
     assert all(run["ms_per_step"] > 0 and run["real_tokens_per_second"] > 0
                for run in run["training"]), run["training"]
     assert [run["search"] for run in run["decoding"]] == ["greedy", "beam 3"]
     assert all(run["captions_per_second"] > 0 for run in run["decoding"]), run["decoding"]
+
+
+def test_the_smoke_profile_and_the_gpu_check_run_on_jax_without_tensorflow(tmp_path):
+    pytest.importorskip("jax", reason="JAX is a pinned test dependency (requirements-dev.txt)")
+    without_tensorflow("jax", tmp_path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="PyTorch is not installed (it is not a test dependency: a CPU wheel "
+                           "is about 200 MB); pip install torch to run this test")
+def test_the_smoke_profile_and_the_gpu_check_run_on_pytorch_without_tensorflow(tmp_path):
+    without_tensorflow("torch", tmp_path)

@@ -322,16 +322,30 @@ class RandomStateBackup(keras.callbacks.Callback):
 
     Keras' weight files leave out the ``SeedGenerator`` states that drive dropout, so a resumed
     run would draw other dropout masks and end with other weights. The states are kept with the
-    epoch they belong to and restored only when BackupAndRestore resumes that same epoch.
+    epoch they belong to and restored only when BackupAndRestore resumes that same epoch. On the
+    PyTorch backend, dropout layers made without a seed of their own draw from PyTorch's global
+    generators instead, so their states are kept too.
     """
 
     def __init__(self, backup_dir: str | pathlib.Path):
         super().__init__()
         self.path = pathlib.Path(backup_dir) / "random_state.npz"
+        self._torch_pending = None  # PyTorch's generator states, set at the first batch
 
     def _states(self):
         weights = {id(w) for w in self.model.weights}
         return [v for v in self.model.variables if id(v) not in weights]
+
+    @staticmethod
+    def _torch_generators() -> dict[str, np.ndarray]:
+        if keras.backend.backend() != "torch":
+            return {}
+        import torch
+
+        states = {"torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            states |= {f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+        return {name: state.numpy() for name, state in states.items()}
 
     def on_train_begin(self, logs=None):
         resumed = _resumed_epoch(self.path.parent)
@@ -340,12 +354,28 @@ class RandomStateBackup(keras.callbacks.Callback):
                 if int(saved["epoch"]) == resumed:
                     for variable, value in zip(self._states(), saved["states"], strict=True):
                         variable.assign(value)
+                    self._torch_pending = {name: saved[name] for name in saved.files
+                                           if name.startswith("torch_")}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Set at the first batch, not at on_train_begin: Keras' PyTorch data loader draws its own
+        # seed from the global generator when its iterator is made at the start of ``fit``.
+        if self._torch_pending:
+            import torch
+
+            for name, state in self._torch_pending.items():
+                if name == "torch_cpu":
+                    torch.set_rng_state(torch.from_numpy(state))
+                else:
+                    torch.cuda.set_rng_state(torch.from_numpy(state), int(name.rsplit("_", 1)[1]))
+            self._torch_pending = None
 
     def on_epoch_end(self, epoch, logs=None):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        states = np.stack([np.asarray(v) for v in self._states()]) if self._states() else np.zeros((0,))
+        states = (np.stack([ops.convert_to_numpy(v) for v in self._states()]) if self._states()
+                  else np.zeros((0,)))
         partial = self.path.with_name("random_state.partial.npz")
-        np.savez(partial, epoch=epoch + 1, states=states)
+        np.savez(partial, epoch=epoch + 1, states=states, **self._torch_generators())
         partial.replace(self.path)
 
 
