@@ -1,8 +1,8 @@
 """One prepared GPU check: train, evaluate and time the book's captioner on a GPU, with whichever
 of Keras' three backends the machine has (``KERAS_BACKEND``: tensorflow, jax or torch).
 
-    KERAS_BACKEND=jax python -m benchmarks.gpu_check     # on a GPU machine: under 8 minutes
-    python -m benchmarks.gpu_check --quick --out F.json  # tiny sizes, any machine, seconds
+    KERAS_BACKEND=jax python -m benchmarks.gpu_check     # on a GPU machine (meant: < 8 minutes)
+    python -m benchmarks.gpu_check --quick --out F.json  # tiny sizes, any machine: a minute
 
 Five steps, each timed:
 
@@ -333,7 +333,7 @@ def render(paths) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes and the smoke profile: seconds, on any machine")
+                        help="tiny sizes and the smoke profile: about a minute, on any machine")
     parser.add_argument("--out", type=pathlib.Path,
                         help="results file (default: benchmarks/results/gpu-DEVICE-BACKEND.json)")
     parser.add_argument("--train-minutes", type=float, default=3.0,
