@@ -217,15 +217,18 @@ def suite_profile(sizes: Sizes, *, jit: bool = True, learning_rate: float = 1e-3
         embed_dim=sizes.embed_dim, units=sizes.units, attention_units=sizes.attention_units,
         cnn_filters=sizes.filters, dropout=0.0, batch_size=sizes.batch,
         max_caption_tokens=sizes.positions - 2, learning_rate=learning_rate,
-        final_learning_rate=learning_rate / 10, jit_compile=jit, group_by_length=group_by_length)
+        # a constant learning rate, as the reference's Adam has: build_fast compiles for one
+        # step per epoch, so a decaying schedule would reach its floor after `epochs` steps
+        final_learning_rate=learning_rate, jit_compile=jit, group_by_length=group_by_length)
 
 
 def build_fast(sizes: Sizes, *, jit: bool = True, end_id: int = 3, learning_rate: float = 1e-3,
                group_by_length: bool | None = None):
     """The book's :class:`utils.captioner.FastCaptioner` at ``sizes``, built and compiled as
-    ``utils.train.fit`` does (:func:`utils.train.compile_for_training`: Adam, cosine decay,
-    gradient clipping), no dropout, trimming batches where ``fit`` would
-    (:func:`utils.train.groups_by_length`; ``group_by_length`` overrides it)."""
+    ``utils.train.fit`` does (:func:`utils.train.compile_for_training`: Adam, gradient
+    clipping; the cosine schedule's floor is its start, so the rate is constant), no dropout,
+    trimming batches where ``fit`` would (:func:`utils.train.groups_by_length`;
+    ``group_by_length`` overrides it)."""
     from utils import train
     from utils.captioner import captioner_from_profile
 
@@ -800,6 +803,10 @@ def run_suite(mode: Mode, groups=GROUPS, log=print) -> dict:
     tf.get_logger().setLevel("ERROR")
     started, load_start = time.time(), os.getloadavg()
     gpu = gpu_visible()
+    # the machine's speed at the start of every run, whichever groups it holds: a lent machine
+    # can be half as fast one day as another, and only this tells two runs' figures apart
+    probe, flops = matmul_probe(mode.matmul_size)
+    machine_gflops = flops / min(alternate({"peak": probe}, 3)["peak"]) / 1e9
     records = []
     for group in groups:
         if group == "quality" and not mode.quality_minutes:
@@ -821,9 +828,9 @@ def run_suite(mode: Mode, groups=GROUPS, log=print) -> dict:
            "seconds": round(time.time() - started, 1),
            "load_average_start": [round(x, 2) for x in load_start],
            "load_average_end": [round(x, 2) for x in os.getloadavg()],
-           "machine": machine_info(), "sizes": {name: SIZES[name].describe() for name in
-                                                sorted({*mode.training_sizes,
-                                                        *mode.decoding_sizes})}}
+           "matmul_gflops": round(machine_gflops, 1), "machine": machine_info(),
+           "sizes": {name: SIZES[name].describe()
+                     for name in sorted({*mode.training_sizes, *mode.decoding_sizes})}}
     return {"run": run, "records": records}
 
 
@@ -876,7 +883,9 @@ def render_table(paths) -> str:
                          f"{device}, TensorFlow {machine['tensorflow']}, {run['date'][:10]}, "
                          f"{run['seconds'] / 60:.1f} min; load average "
                          f"{run['load_average_start'][0]:.1f} at the start, "
-                         f"{run['load_average_end'][0]:.1f} at the end.")
+                         f"{run['load_average_end'][0]:.1f} at the end"
+                         + (f"; dense matmul at the start {run['matmul_gflops']:.0f} GFLOP/s."
+                            if "matmul_gflops" in run else "."))
             lines.append("")
         lines += ["| benchmark | sizes | unit | baseline | fast path | ratio | goal |",
                  "|---|---|---|---|---|---|---|"]
@@ -1033,7 +1042,14 @@ def findings(records: list[dict]) -> str:
                and item["unit"] == "exact rate"]
     if quality:
         rates = ", ".join(f"{item['baseline']:.2f} and {item['fast']:.2f}" for item in quality)
-        lines.append(f"- **Quality per minute** on Shapes (run of {quality[0]['run']['date'][:10]}"
+        run, peak = quality[0]["run"], next((item for item in records
+                                             if item["group"] == "peak"), None)
+        speed = ""
+        if "matmul_gflops" in run and peak and peak["run"] != run:
+            speed = (f"; its machine multiplied matrices at {run['matmul_gflops']:.0f} GFLOP/s, "
+                     f"the peak group's at {peak['fast']:.0f}, so minutes are not comparable "
+                     "across the two runs")
+        lines.append(f"- **Quality per minute** on Shapes (run of {run['date'][:10]}{speed}"
                      f"): the compiled reference and the book's model reach exact-caption rates "
                      f"of {rates} after the times in the table: at the `cpu` sizes the CNN "
                      "encoder, which no decoder fix touches, is most of a step.")

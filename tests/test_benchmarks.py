@@ -38,6 +38,22 @@ def test_smoke_run_writes_a_json_list_of_valid_records(tmp_path):
                         else item["baseline"] / item["fast"])
             assert math.isclose(item["ratio"], expected, rel_tol=2e-3)
         assert len(item["run"]["load_average_start"]) == 3
+        assert item["run"]["matmul_gflops"] > 0  # the machine's speed, in every run's record
+
+
+def test_the_findings_say_when_the_quality_run_had_a_slower_machine():
+    def run(gflops):
+        return {"date": "2026-12-07T00:00:00", "matmul_gflops": gflops}
+
+    peak = suite.record("dense matmul", "GFLOP/s", 200.0, 200.0, group="peak", ratio=False)
+    quality = suite.record("Shapes exact-caption rate after 2 min of training", "exact rate",
+                           0.5, 0.6, group="quality", sizes="shapes-cpu")
+    peak["run"], quality["run"] = run(200.0), run(100.0)
+    text = suite.findings([peak, quality])
+    assert "0.50 and 0.60" in text
+    assert "100 GFLOP/s, the peak group's at 200" in text
+    quality["run"] = peak["run"]  # one run: nothing to tell apart
+    assert "GFLOP/s" not in suite.findings([peak, quality])
 
 
 def test_check_records_refuses_malformed_results():

@@ -75,8 +75,9 @@ _PROFILES = {
     ),
     # Mixed precision stays off until a measurement shows it faster for this model. The one GPU
     # figure so far (an NVIDIA H200, JAX backend, the tutorial's sizes; recorded in the project's
-    # issue 21) found mixed_bfloat16 slower than float32, 60 against 48 ms per step at batch 256:
-    # an LSTM decoder's many small steps are bound by kernel launches, not arithmetic.
+    # issue 21) found mixed_bfloat16 slower than float32, 60 against 48 ms per step at batch 256,
+    # probably because an LSTM decoder's many small steps are bound by kernel launches and casts
+    # rather than by arithmetic (not yet profiled).
     # benchmarks/gpu_check.py times float32, mixed_float16 and mixed_bfloat16; set
     # mixed_precision to the policy its stored results show faster, if any.
     "gpu": Profile(
