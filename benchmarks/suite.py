@@ -387,10 +387,15 @@ def matmul_probe(size: int, products: int = 4) -> tuple[Callable[[], None], floa
 # --- benchmarks ----------------------------------------------------------------------------------
 
 
+def matmul_gflops(size: int, repeats: int) -> float:
+    """The machine's dense float32 matrix-multiply speed in GFLOP/s, the best of ``repeats``."""
+    probe, flops = matmul_probe(size)
+    return flops / min(alternate({"peak": probe}, repeats)["peak"]) / 1e9
+
+
 def bench_peak(mode: Mode) -> list[dict]:
     """The machine's dense float32 matrix-multiply speed, the best of the repetitions."""
-    probe, flops = matmul_probe(mode.matmul_size)
-    best = flops / min(alternate({"peak": probe}, mode.repeats)["peak"]) / 1e9
+    best = matmul_gflops(mode.matmul_size, mode.repeats)
     return [record(f"dense matmul {mode.matmul_size}^2 float32 (machine limit)", "GFLOP/s",
                    best, best, group="peak", ratio=False)]
 
@@ -805,8 +810,7 @@ def run_suite(mode: Mode, groups=GROUPS, log=print) -> dict:
     gpu = gpu_visible()
     # the machine's speed at the start of every run, whichever groups it holds: a lent machine
     # can be half as fast one day as another, and only this tells two runs' figures apart
-    probe, flops = matmul_probe(mode.matmul_size)
-    machine_gflops = flops / min(alternate({"peak": probe}, 3)["peak"]) / 1e9
+    machine_gflops = matmul_gflops(mode.matmul_size, 3)
     records = []
     for group in groups:
         if group == "quality" and not mode.quality_minutes:
