@@ -372,7 +372,8 @@ class RandomStateBackup(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        states = (np.stack([ops.convert_to_numpy(v) for v in self._states()]) if self._states()
+        variables = self._states()
+        states = (np.stack([ops.convert_to_numpy(v) for v in variables]) if variables
                   else np.zeros((0,)))
         partial = self.path.with_name("random_state.partial.npz")
         np.savez(partial, epoch=epoch + 1, states=states, **self._torch_generators())
